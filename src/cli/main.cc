@@ -36,7 +36,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "syncbn: '%s' is not built yet in this version\n", command.c_str());
     return 3;
   }
-  std::fprintf(stderr, "syncbn: unknown command '%s'; expected one of: version, train, "
-               "coordinator, study\n", command.c_str());
+  std::fprintf(stderr,
+               "syncbn: unknown command '%s'; expected one of: version, train, "
+               "coordinator, study\n",
+               command.c_str());
   return 2;
 }

@@ -28,12 +28,12 @@ std::string str_cat(const Args&... args) {
 
 }  // namespace syncbn
 
-#define SYNCBN_CHECK(cond)                                   \
-  do {                                                       \
+#define SYNCBN_CHECK(cond)                                          \
+  do {                                                              \
     if (!(cond)) ::syncbn::check_failed(__FILE__, __LINE__, #cond); \
   } while (0)
 
-#define SYNCBN_REQUIRE(cond, ...)                                          \
-  do {                                                                     \
-    if (!(cond)) throw ::syncbn::Error(::syncbn::str_cat(__VA_ARGS__));    \
+#define SYNCBN_REQUIRE(cond, ...)                                       \
+  do {                                                                  \
+    if (!(cond)) throw ::syncbn::Error(::syncbn::str_cat(__VA_ARGS__)); \
   } while (0)

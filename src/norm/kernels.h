@@ -28,10 +28,10 @@ namespace syncbn::norm {
 
 // How an (N, C, *spatial) activation sits in memory.
 struct BnGeometry {
-  int64_t n = 0;               // batch
-  int64_t c = 0;               // channels
-  int64_t s = 1;               // prod(spatial); 1 for (N, C)
-  bool channels_last = false;  // (N, *spatial, C) in memory
+  int64_t n = 0;                           // batch
+  int64_t c = 0;                           // channels
+  int64_t s = 1;                           // prod(spatial); 1 for (N, C)
+  bool channels_last = false;              // (N, *spatial, C) in memory
   int64_t count() const { return n * s; }  // elements per channel
 };
 
@@ -91,7 +91,6 @@ void gn_backward(const float* dy, const float* x, const BnGeometry& g, int64_t g
 void ln_forward(const float* x, int64_t rows, int64_t d, double eps, const float* weight,
                 const float* bias, float* y, float* mean, float* invstd);
 void ln_backward(const float* dy, const float* x, int64_t rows, int64_t d, const float* mean,
-                 const float* invstd, const float* weight, float* dx, float* dweight,
-                 float* dbias);
+                 const float* invstd, const float* weight, float* dx, float* dweight, float* dbias);
 
 }  // namespace syncbn::norm

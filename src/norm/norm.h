@@ -22,10 +22,10 @@ struct BatchNormOptions {
 // running_mean/running_var null: track_running_stats = false. num_batches_tracked may be null
 // only when momentum is set (PyTorch increments it whenever it tracks running stats).
 struct BatchNormState {
-  const Tensor* weight = nullptr;        // (C)
-  const Tensor* bias = nullptr;          // (C)
-  Tensor* running_mean = nullptr;        // (C)
-  Tensor* running_var = nullptr;         // (C)
+  const Tensor* weight = nullptr;  // (C)
+  const Tensor* bias = nullptr;    // (C)
+  Tensor* running_mean = nullptr;  // (C)
+  Tensor* running_var = nullptr;   // (C)
   int64_t* num_batches_tracked = nullptr;
 };
 
@@ -55,8 +55,8 @@ NormGrads batch_norm_backward(const Tensor& dy, const Tensor& x, const BatchNorm
                               const NormSaved& saved);
 
 // F.group_norm: groups must divide C; weight/bias (C) or null.
-Tensor group_norm_forward(const Tensor& x, int64_t groups, const Tensor* weight,
-                          const Tensor* bias, double eps, NormSaved* saved);
+Tensor group_norm_forward(const Tensor& x, int64_t groups, const Tensor* weight, const Tensor* bias,
+                          double eps, NormSaved* saved);
 NormGrads group_norm_backward(const Tensor& dy, const Tensor& x, int64_t groups,
                               const Tensor* weight, const NormSaved& saved);
 

@@ -76,7 +76,8 @@ Tensor Tensor::to(MemoryFormat format) const {
   const int64_t spatial = spatial_size(shape_);
   for (int64_t n = 0; n < n_count; ++n)
     for (int64_t c = 0; c < channels; ++c)
-      for (int64_t s = 0; s < spatial; ++s) out.data()[out.offset(n, c, s)] = data()[offset(n, c, s)];
+      for (int64_t s = 0; s < spatial; ++s)
+        out.data()[out.offset(n, c, s)] = data()[offset(n, c, s)];
   return out;
 }
 
