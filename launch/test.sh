@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command: setup (packages + Release build), the whole CTest suite except the `gpu`
+# label, then the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Exits non-zero on any failure.
+#
+#   launch/test.sh            everything but GPU tests
+#   launch/test.sh --gpu      only the GPU tests (skipped, not passed, without a GPU)
+#   launch/test.sh --no-asan  skip the sanitizer build
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+gpu=0
+asan=1
+for arg in "$@"; do
+  case $arg in
+    --gpu) gpu=1 ;;
+    --no-asan) asan=0 ;;
+    *) echo "test.sh: unknown option '$arg'; expected --gpu or --no-asan" >&2; exit 2 ;;
+  esac
+done
+
+launch/setup.sh
+jobs=${JOBS:-$(nproc)}
+
+if ((gpu)); then
+  ctest --test-dir build -L gpu --output-on-failure --no-tests=error
+  exit
+fi
+
+echo "== ctest (Release, every label but gpu)"
+ctest --test-dir build -LE gpu --output-on-failure --timeout 300
+
+if ((asan)); then
+  echo "== ctest (ASan + UBSan, unit tests)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCBN_SANITIZE=ON \
+    -DSYNCBN_WERROR=ON -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_CUDA=OFF >/dev/null
+  cmake --build build-asan -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan -L unit --output-on-failure --timeout 300
+fi
