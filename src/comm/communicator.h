@@ -133,6 +133,9 @@ class Communicator {
   int size() const { return size_; }
   virtual Backend backend() const = 0;
   virtual MemorySpace memory_space() const = 0;
+  // nccl: the CUDA stream every operation is enqueued on, for ordering kernels before and after
+  // a collective. nullptr for the host backends.
+  virtual CUstream_st* cuda_stream() const { return nullptr; }
 
   // Collective, blocking: recv[i] = Σ over ranks of send[i], i < count. send == recv is in place.
   void allreduce_sum(const float* send, float* recv, int64_t count);
@@ -193,9 +196,10 @@ struct CommOptions {
   // create (and own) a non-blocking stream. Split communicators share their parent's stream.
   CUstream_st* cuda_stream = nullptr;
   // nccl: the CUDA device of this rank; -1 picks the rank's index among the ranks on its node.
+  // make_communicator() makes it the calling thread's current device.
   int cuda_device = -1;
-  // nccl: how long a wait may take before the peers are presumed dead and the communicator is
-  // aborted (syncbn::Error).
+  // nccl: how long a wait for an operation may take before the peers are presumed dead and the
+  // communicator is aborted (syncbn::Error). ncclCommInitRank itself is not under this timeout.
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
 };
 

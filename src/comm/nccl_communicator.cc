@@ -140,8 +140,11 @@ class NcclState {
     DeviceGuard guard(device_);
     barrier_scalar_ = std::make_unique<DeviceScalar>();
   }
+  // Never aborts: it may run while unwinding or at exit, when CUDA may already be shutting down.
   ~NcclState() {
-    DeviceGuard guard(device_);
+    int previous = -1;
+    const bool restore = cudaGetDevice(&previous) == cudaSuccess && previous != device_;
+    if (restore) cudaSetDevice(device_);
     barrier_scalar_.reset();
     if (comm_ != nullptr) {
       const ncclResult_t status = ncclCommDestroy(comm_);
@@ -149,6 +152,7 @@ class NcclState {
         std::fprintf(stderr, "syncbn: ncclCommDestroy failed: %s\n", ncclGetErrorString(status));
       }
     }
+    if (restore) cudaSetDevice(previous);
   }
   NcclState(const NcclState&) = delete;
   NcclState& operator=(const NcclState&) = delete;
@@ -252,6 +256,7 @@ class NcclCommunicator final : public Communicator {
 
   Backend backend() const override { return Backend::kNccl; }
   MemorySpace memory_space() const override { return MemorySpace::kCudaDevice; }
+  CUstream_st* cuda_stream() const override { return state_->stream(); }
 
  private:
   // Handing NCCL a host pointer is a bug in the caller: it would fault on the device.

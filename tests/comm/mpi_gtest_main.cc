@@ -10,6 +10,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -40,9 +41,14 @@ class RankReporter : public testing::EmptyTestEventListener {
 
   void OnTestPartResult(const testing::TestPartResult& result) override {
     if (!result.failed() || reporting_ranks_) return;
-    std::printf("[rank %d] %s:%d: Failure\n[rank %d] %s\n", rank_,
-                result.file_name() != nullptr ? result.file_name() : "unknown",
-                result.line_number(), rank_, result.message());
+    std::string text = "[rank " + std::to_string(rank_) + "] " +
+                       (result.file_name() != nullptr ? result.file_name() : "unknown") + ":" +
+                       std::to_string(result.line_number()) + ": Failure\n";
+    std::istringstream message(result.message());
+    for (std::string line; std::getline(message, line);) {
+      text += "[rank " + std::to_string(rank_) + "] " + line + "\n";
+    }
+    std::fputs(text.c_str(), stdout);  // one write, so ranks' lines interleave less
     std::fflush(stdout);
   }
 

@@ -77,6 +77,7 @@ TEST_F(MpiCommTest, RankAndSizeMatchMpiCommWorld) {
   EXPECT_EQ(world_->size(), world_size);
   EXPECT_EQ(world_->backend(), Backend::kMpi);
   EXPECT_EQ(world_->memory_space(), MemorySpace::kHost);
+  EXPECT_EQ(world_->cuda_stream(), nullptr);
 }
 
 TEST_F(MpiCommTest, AllreduceFloatOutOfPlaceLeavesSendUnchanged) {

@@ -90,6 +90,7 @@ TEST_F(NcclCommTest, MatchesMpiCommWorld) {
   EXPECT_EQ(size_, world_size);
   EXPECT_EQ(world_->backend(), Backend::kNccl);
   EXPECT_EQ(world_->memory_space(), MemorySpace::kCudaDevice);
+  EXPECT_NE(world_->cuda_stream(), nullptr);  // created and owned by the communicator
 }
 
 TEST_F(NcclCommTest, AllreduceFloatAndDoubleBlockingAndInPlace) {
@@ -165,6 +166,8 @@ TEST_F(NcclCommTest, UsesTheStreamGivenAtConstruction) {
   {
     std::unique_ptr<Communicator> on_stream =
         make_communicator("nccl", CommOptions{.cuda_stream = stream});
+    EXPECT_EQ(on_stream->cuda_stream(), stream);
+    EXPECT_EQ(on_stream->split(0, rank_)->cuda_stream(), stream);
     DeviceBuffer<float> data(std::vector<float>(64, 1.0f));
     Request request = on_stream->allreduce_sum_async(data.get(), data.get(), data.count());
     // Ordered on `stream`: synchronizing the stream alone makes the result visible.
