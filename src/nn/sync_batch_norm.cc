@@ -144,7 +144,7 @@ Tensor SyncBatchNorm::forward(const Tensor& x, bool training) {
     saved_.mean[c] = static_cast<float>(mean[c]);
     saved_.invstd[c] = static_cast<float>(1.0 / std::sqrt(var[c] + options_.eps));
   }
-  Tensor y(x.shape(), x.format());
+  Tensor y = Tensor::empty(x.shape(), x.format());
   norm::bn_elemt(x.data(), g, saved_.mean.data(), saved_.invstd.data(),
                  options_.affine ? weight_.data() : nullptr,
                  options_.affine ? bias_.data() : nullptr, y.data());
@@ -172,7 +172,7 @@ Tensor SyncBatchNorm::backward(const Tensor& dy) {
       grad_bias_.data()[c] += static_cast<float>(payload[c]);
     }
   }
-  Tensor dx(x.shape(), x.format());
+  Tensor dx = Tensor::empty(x.shape(), x.format());
   const float* weight = options_.affine ? weight_.data() : nullptr;
   if (!saved_.batch_stats) {  // Eval: statistics are constants, nothing to exchange.
     norm::bn_backward_elemt(dy.data(), x.data(), g, saved_.mean.data(), saved_.invstd.data(),

@@ -102,7 +102,7 @@ Tensor batch_norm_forward(const Tensor& x, const BatchNormState& state,
   SYNCBN_REQUIRE(!(training && tracking && !options.momentum && !state.num_batches_tracked), op,
                  ": momentum=None (cumulative average) needs num_batches_tracked");
 
-  Tensor y(x.shape(), x.format());
+  Tensor y = Tensor::empty(x.shape(), x.format());
   saved->count = count;
   saved->batch_stats = batch_stats;
   saved->mean.assign(g.c, 0.0f);
@@ -143,7 +143,7 @@ NormGrads batch_norm_backward(const Tensor& dy, const Tensor& x, const BatchNorm
                  saved.mean.size(), " channels, input has ", g.c);
   std::vector<double> sum_dy(g.c), sum_dy_xmu(g.c);
   bn_backward_reduce(dy.data(), x.data(), g, saved.mean.data(), sum_dy.data(), sum_dy_xmu.data());
-  NormGrads grads{Tensor(x.shape(), x.format()), empty_like_param(state.weight),
+  NormGrads grads{Tensor::empty(x.shape(), x.format()), empty_like_param(state.weight),
                   empty_like_param(state.bias)};
   bn_backward_elemt(dy.data(), x.data(), g, saved.mean.data(), saved.invstd.data(),
                     data_or_null(state.weight), saved.batch_stats ? sum_dy.data() : nullptr,
@@ -173,7 +173,7 @@ Tensor group_norm_forward(const Tensor& x, int64_t groups, const Tensor* weight,
   saved->invstd.assign(g.n * groups, 0.0f);
   saved->count = g.c / groups * g.s;
   saved->batch_stats = true;
-  Tensor y(x.shape(), x.format());
+  Tensor y = Tensor::empty(x.shape(), x.format());
   gn_stats(x.data(), g, groups, eps, saved->mean.data(), saved->invstd.data(), nullptr);
   gn_elemt(x.data(), g, groups, saved->mean.data(), saved->invstd.data(), data_or_null(weight),
            data_or_null(bias), y.data());
@@ -190,7 +190,7 @@ NormGrads group_norm_backward(const Tensor& dy, const Tensor& x, int64_t groups,
       op, ": saved statistics do not match input of size ", shape_to_string(x.shape()),
       " with num_groups=", groups);
   check_vector(weight, g.c, op, "weight", x);
-  NormGrads grads{Tensor(x.shape(), x.format()), empty_like_param(weight),
+  NormGrads grads{Tensor::empty(x.shape(), x.format()), empty_like_param(weight),
                   empty_like_param(weight)};
   gn_backward(dy.data(), x.data(), g, groups, saved.mean.data(), saved.invstd.data(),
               data_or_null(weight), grads.dx.data(), weight ? grads.dweight.data() : nullptr,
@@ -248,7 +248,7 @@ Tensor layer_norm_forward(const Tensor& x, const std::vector<int64_t>& normalize
   saved->invstd.assign(rows, 0.0f);
   saved->count = d;
   saved->batch_stats = true;
-  Tensor y(x.shape(), x.format());
+  Tensor y = Tensor::empty(x.shape(), x.format());
   ln_forward(x.data(), rows, d, eps, data_or_null(weight), data_or_null(bias), y.data(),
              saved->mean.data(), saved->invstd.data());
   return y;
@@ -263,7 +263,7 @@ NormGrads layer_norm_backward(const Tensor& dy, const Tensor& x,
   check_ln_param(weight, normalized_shape, op, "weight");
   SYNCBN_REQUIRE(static_cast<int64_t>(saved.mean.size()) == rows, op, ": saved statistics are for ",
                  saved.mean.size(), " rows, input has ", rows);
-  NormGrads grads{Tensor(x.shape(), x.format()), empty_like_param(weight),
+  NormGrads grads{Tensor::empty(x.shape(), x.format()), empty_like_param(weight),
                   empty_like_param(weight)};
   ln_backward(dy.data(), x.data(), rows, d, saved.mean.data(), saved.invstd.data(),
               data_or_null(weight), grads.dx.data(), weight ? grads.dweight.data() : nullptr,
@@ -288,7 +288,7 @@ Tensor instance_norm_forward(const Tensor& x, const BatchNormState& state,
   const bool tracking = state.running_mean != nullptr;
   SYNCBN_REQUIRE(use_input_stats || tracking, op,
                  ": use_input_stats=false needs running_mean and running_var");
-  Tensor y(x.shape(), x.format());
+  Tensor y = Tensor::empty(x.shape(), x.format());
   if (!use_input_stats) {
     saved->count = g.count();
     saved->batch_stats = false;

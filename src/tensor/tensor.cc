@@ -31,6 +31,15 @@ int64_t spatial_size(const std::vector<int64_t>& shape) {
 void Tensor::FreeAligned::operator()(float* p) const { std::free(p); }
 
 Tensor::Tensor(std::vector<int64_t> shape, MemoryFormat format)
+    : Tensor(std::move(shape), format, Uninitialized{}) {
+  std::memset(data_.get(), 0, static_cast<size_t>(numel_) * sizeof(float));
+}
+
+Tensor Tensor::empty(std::vector<int64_t> shape, MemoryFormat format) {
+  return Tensor(std::move(shape), format, Uninitialized{});
+}
+
+Tensor::Tensor(std::vector<int64_t> shape, MemoryFormat format, Uninitialized)
     : shape_(std::move(shape)), format_(format) {
   numel_ = 1;
   for (int64_t d : shape_) {
@@ -46,10 +55,9 @@ Tensor::Tensor(std::vector<int64_t> shape, MemoryFormat format)
   if (bytes == 0) bytes = 64;
   data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
   SYNCBN_REQUIRE(data_ != nullptr, "out of memory allocating a tensor of ", bytes, " bytes");
-  std::memset(data_.get(), 0, bytes);
 }
 
-Tensor::Tensor(const Tensor& other) : Tensor(other.shape_, other.format_) {
+Tensor::Tensor(const Tensor& other) : Tensor(other.shape_, other.format_, Uninitialized{}) {
   if (numel_) std::memcpy(data_.get(), other.data_.get(), numel_ * sizeof(float));
 }
 
@@ -66,11 +74,8 @@ int64_t Tensor::offset(int64_t n, int64_t c, int64_t s) const {
 }
 
 Tensor Tensor::to(MemoryFormat format) const {
-  Tensor out(shape_, format);
-  if (format == format_) {
-    out = *this;
-    return out;
-  }
+  if (format == format_) return *this;
+  Tensor out = Tensor::empty(shape_, format);
   const int64_t n_count = dim() >= 1 ? shape_[0] : 1;
   const int64_t channels = dim() >= 2 ? shape_[1] : 1;
   const int64_t spatial = spatial_size(shape_);

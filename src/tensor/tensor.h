@@ -24,6 +24,8 @@ class Tensor {
   // Zero-initialised. Throws syncbn::Error for a negative dimension or a channels-last
   // format on a tensor that is not 4-D or 5-D.
   explicit Tensor(std::vector<int64_t> shape, MemoryFormat format = MemoryFormat::kContiguous);
+  // Uninitialised storage, for outputs a kernel overwrites entirely.
+  static Tensor empty(std::vector<int64_t> shape, MemoryFormat format = MemoryFormat::kContiguous);
   Tensor(const Tensor& other);
   Tensor& operator=(const Tensor& other);
   Tensor(Tensor&&) noexcept = default;
@@ -45,6 +47,9 @@ class Tensor {
   Tensor to(MemoryFormat format) const;
 
  private:
+  struct Uninitialized {};
+  Tensor(std::vector<int64_t> shape, MemoryFormat format, Uninitialized);
+
   struct FreeAligned {
     void operator()(float* p) const;
   };
