@@ -4,8 +4,10 @@
 // threads, each slice cut at plane boundaries so every inner loop is one channel's contiguous
 // run; channels-last (N·S rows of C) is split by rows and vectorised across channels. Channel
 // sums are accumulated in float64 per thread and combined in thread order.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "norm/kernels.h"
@@ -79,44 +81,69 @@ inline void run_sum_dy_xmu(const float* dy, const float* x, double mean, int64_t
   sx += tq;
 }
 
-// Channels-last rows: acc_a[c] += x[c], acc_b[c] += x[c]² for each of `rows` rows of C.
-inline void rows_sum_sumsq(const float* x, int64_t rows, int64_t C, double* acc_a, double* acc_b) {
-  for (int64_t row = 0; row < rows; ++row) {
-    const float* xr = x + row * C;
+// Channels-last rows are reduced in tiles of kRowTile rows: each block of 8 channels is summed
+// down the tile in registers and added to the float64 accumulators once per tile, so the
+// accumulators are not loaded and stored once per row.
+constexpr int64_t kRowTile = 64;
+
+// acc_a[c] += Σ_rows f_a, acc_b[c] += Σ_rows f_b, with (f_a, f_b) = term(row_offset, c) for a
+// block of 4 channels as v4d pairs, and scalar_term(row_offset, c) for the channel tail.
+template <typename Term, typename ScalarTerm>
+inline void rows_reduce(int64_t rows, int64_t C, double* acc_a, double* acc_b, Term&& term,
+                        ScalarTerm&& scalar_term) {
+  for (int64_t row0 = 0; row0 < rows; row0 += kRowTile) {
+    const int64_t row_end = std::min(rows, row0 + kRowTile);
     int64_t c = 0;
-    for (; c + 4 <= C; c += 4) {
-      const v4d v = load4(xr + c);
-      add4(acc_a + c, v);
-      add4(acc_b + c, v * v);
+    for (; c + 8 <= C; c += 8) {
+      v4d a0{}, a1{}, b0{}, b1{};
+      for (int64_t row = row0; row < row_end; ++row) {
+        const auto [fa0, fb0] = term(row * C, c);
+        const auto [fa1, fb1] = term(row * C, c + 4);
+        a0 += fa0, b0 += fb0, a1 += fa1, b1 += fb1;
+      }
+      add4(acc_a + c, a0), add4(acc_a + c + 4, a1);
+      add4(acc_b + c, b0), add4(acc_b + c + 4, b1);
     }
     for (; c < C; ++c) {
-      const double v = xr[c];
-      acc_a[c] += v;
-      acc_b[c] += v * v;
+      double a = 0.0, b = 0.0;
+      for (int64_t row = row0; row < row_end; ++row) {
+        const auto [fa, fb] = scalar_term(row * C, c);
+        a += fa, b += fb;
+      }
+      acc_a[c] += a, acc_b[c] += b;
     }
   }
 }
 
-// Channels-last rows: acc_a[c] += dy[c], acc_b[c] += dy[c]·(x[c] − mean[c]).
+// Channels-last rows: acc_a[c] += Σ x, acc_b[c] += Σ x² over `rows` rows of C.
+inline void rows_sum_sumsq(const float* x, int64_t rows, int64_t C, double* acc_a, double* acc_b) {
+  rows_reduce(
+      rows, C, acc_a, acc_b,
+      [&](int64_t off, int64_t c) {
+        const v4d v = load4(x + off + c);
+        return std::pair{v, v * v};
+      },
+      [&](int64_t off, int64_t c) {
+        const double v = x[off + c];
+        return std::pair{v, v * v};
+      });
+}
+
+// Channels-last rows: acc_a[c] += Σ dy, acc_b[c] += Σ dy·(x − mean[c]).
 inline void rows_sum_dy_xmu(const float* dy, const float* x, int64_t rows, int64_t C,
                             const double* mean, double* acc_a, double* acc_b) {
-  for (int64_t row = 0; row < rows; ++row) {
-    const float* xr = x + row * C;
-    const float* dyr = dy + row * C;
-    int64_t c = 0;
-    for (; c + 4 <= C; c += 4) {
-      v4d m;
-      std::memcpy(&m, mean + c, sizeof(m));
-      const v4d d = load4(dyr + c);
-      add4(acc_a + c, d);
-      add4(acc_b + c, d * (load4(xr + c) - m));
-    }
-    for (; c < C; ++c) {
-      const double d = dyr[c];
-      acc_a[c] += d;
-      acc_b[c] += d * (static_cast<double>(xr[c]) - mean[c]);
-    }
-  }
+  rows_reduce(
+      rows, C, acc_a, acc_b,
+      [&](int64_t off, int64_t c) {
+        v4d m;
+        std::memcpy(&m, mean + c, sizeof(m));
+        const v4d d = load4(dy + off + c);
+        return std::pair{d, d * (load4(x + off + c) - m)};
+      },
+      [&](int64_t off, int64_t c) {
+        const double d = dy[off + c];
+        return std::pair{d, d * (static_cast<double>(x[off + c]) - mean[c])};
+      });
 }
 
 // Calls body(c, begin, end) for each contiguous run of one channel within `part` of the

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <numbers>
+#include <unordered_map>
 
 #include "core/error.h"
 
@@ -28,7 +30,61 @@ int64_t spatial_size(const std::vector<int64_t>& shape) {
   return s;
 }
 
-void Tensor::FreeAligned::operator()(float* p) const { std::free(p); }
+namespace {
+
+// Large tensors come and go every step (activations, gradients). glibc serves 64-byte aligned
+// blocks of that size with a fresh mmap each time, so every new tensor would page-fault its
+// way through memory the previous one just returned. A small cache of freed blocks keyed by
+// size avoids that; it holds at most kMaxCachedBytes.
+class BlockCache {
+ public:
+  static constexpr size_t kMinCachedBytes = size_t{1} << 16;
+  static constexpr size_t kMaxCachedBytes = size_t{1} << 29;
+
+  void* acquire(size_t bytes) {
+    if (bytes >= kMinCachedBytes) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        cached_bytes_ -= bytes;
+        return p;
+      }
+    }
+    return std::aligned_alloc(64, bytes);
+  }
+
+  void release(void* p, size_t bytes) {
+    if (bytes >= kMinCachedBytes) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_bytes_ + bytes <= kMaxCachedBytes) {
+        free_.emplace(bytes, p);
+        cached_bytes_ += bytes;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+  ~BlockCache() {
+    for (auto& [bytes, p] : free_) std::free(p);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_multimap<size_t, void*> free_;
+  size_t cached_bytes_ = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache cache;
+  return cache;
+}
+
+}  // namespace
+
+void Tensor::FreeAligned::operator()(float* p) const { block_cache().release(p, bytes); }
 
 Tensor::Tensor(std::vector<int64_t> shape, MemoryFormat format)
     : Tensor(std::move(shape), format, Uninitialized{}) {
@@ -53,7 +109,8 @@ Tensor::Tensor(std::vector<int64_t> shape, MemoryFormat format, Uninitialized)
   // 64-byte alignment for vector loads; aligned_alloc needs a size that is a multiple of it.
   size_t bytes = (static_cast<size_t>(numel_) * sizeof(float) + 63) / 64 * 64;
   if (bytes == 0) bytes = 64;
-  data_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+  data_ = std::unique_ptr<float[], FreeAligned>(static_cast<float*>(block_cache().acquire(bytes)),
+                                                FreeAligned{bytes});
   SYNCBN_REQUIRE(data_ != nullptr, "out of memory allocating a tensor of ", bytes, " bytes");
 }
 

@@ -50,8 +50,12 @@ class Tensor {
   struct Uninitialized {};
   Tensor(std::vector<int64_t> shape, MemoryFormat format, Uninitialized);
 
+  // Returns storage to the block cache (tensor.cc).
   struct FreeAligned {
+    FreeAligned() : bytes(0) {}
+    explicit FreeAligned(size_t size) : bytes(size) {}
     void operator()(float* p) const;
+    size_t bytes;
   };
   std::vector<int64_t> shape_;
   MemoryFormat format_ = MemoryFormat::kContiguous;
