@@ -11,11 +11,10 @@
 //   forward  = read x (stats) + read x, write y (elemt)                           = 12 B
 //   backward = read dy, x (backward_reduce) + read dy, x, write dx (backward_elemt) = 20 B
 //   fwd+bwd  = 12 + 20                                                          = 32 B
-// Per-channel vectors (C floats) are ignored, and so is the zeroing of each output Tensor by its
-// constructor (another 4 B/element per output; tensor_alloc times it). Working sets up to ~25 MB
-// fit in a 32 MiB L3, so a kernel can beat the DRAM triad: the triad is a reference, not a ceiling.
-//
-// tensor_alloc: one output Tensor of x's shape (allocated and zeroed), the adapters' overhead.
+// Per-channel vectors (C floats) are ignored. Outputs are uninitialised tensors from the block
+// cache (tensor/tensor.cc), so their allocation is part of the timings but costs no traffic.
+// Working sets up to ~25 MB fit in a 32 MiB L3, so a kernel can beat the DRAM triad: the triad
+// is a reference, not a ceiling.
 //
 // stream_triad: a[i] = b[i] + s·c[i] over three arrays of 64 MiB of doubles (well beyond L3),
 // OpenMP static schedule with first-touch initialisation, 24 bytes per element as STREAM counts
@@ -129,17 +128,6 @@ void bm_bn_fwd_bwd(benchmark::State& state, const BnCase& c) {
   report_bytes(state, x.numel(), kFwdBwdBytesPerElement);
 }
 
-// What the adapters spend on each output they return (y; dx): a Tensor of x's shape, allocated
-// and zeroed by its constructor. Part of bn_forward / bn_fwd_bwd times, shown on its own so a
-// slow kernel and a slow allocation can be told apart.
-void bm_tensor_alloc(benchmark::State& state, const BnCase& c) {
-  for (auto _ : state) {
-    Tensor y(c.shape, c.format);
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-}
-
 void bm_stream_triad(benchmark::State& state) {
   const int64_t n = kTriadArrayBytes / static_cast<int64_t>(sizeof(double));
   // Left uninitialised here so that the parallel loop below is the first touch: each thread's
@@ -179,9 +167,6 @@ void register_benchmarks() {
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
     benchmark::RegisterBenchmark(("bn_fwd_bwd/" + case_name(c)).c_str(), bm_bn_fwd_bwd, c)
-        ->Unit(benchmark::kMicrosecond)
-        ->UseRealTime();
-    benchmark::RegisterBenchmark(("tensor_alloc/" + case_name(c)).c_str(), bm_tensor_alloc, c)
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
   }

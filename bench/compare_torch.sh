@@ -72,7 +72,6 @@ with open(ours_path) as f:
     report = json.load(f)
 ours = {}  # (shape, layout, pass) -> (median seconds, GB/s)
 ours_cv = {}  # run_name -> coefficient of variation of the repetitions' times
-alloc_us = {}  # "shape/layout" -> median time of one output Tensor (allocate + zero)
 triad_gbps = None
 for run in report["benchmarks"]:
     if run.get("run_type") != "aggregate":
@@ -87,8 +86,6 @@ for run in report["benchmarks"]:
     kind, *rest = run["run_name"].split("/")
     if kind == "stream_triad":
         triad_gbps = gbps
-    elif kind == "tensor_alloc":
-        alloc_us["/".join(rest[:2])] = seconds * 1e6
     elif kind in pass_names:
         shape, layout = rest[:2]
         ours[(shape, layout, pass_names[kind])] = (seconds, gbps)
@@ -116,10 +113,6 @@ for key, (seconds, gbps) in ours.items():
     ratio_text = f"{us / theirs:.2f}" if theirs else "n/a"
     print(f"| {shape} | {layout} | {pass_name} | {us:.1f} | {theirs_text} | {ratio_text} "
           f"| {gbps:.1f} | {100 * gbps / triad_gbps:.0f}% |")
-if alloc_us:
-    print("\nIncluded in ours: one output Tensor (aligned_alloc + zeroing), once per fwd (y) and "
-          "twice per fwd_bwd (y, dx): "
-          + ", ".join(f"{name} {us:.1f} µs" for name, us in alloc_us.items()) + ".")
 missing = sorted(set(torch_us) - set(ours))
 if missing:
     print(f"\nOnly in torch_bn.py: {missing}")
