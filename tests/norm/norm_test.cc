@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,9 @@ struct BnCase {
   bool affine;
   bool track;
 };
+
+// Short descriptions in test listings instead of gtest's byte dump.
+void PrintTo(const BnCase& c, std::ostream* os) { *os << shape_to_string(c.shape); }
 
 std::string case_name(const ::testing::TestParamInfo<BnCase>& info) {
   std::string name;
@@ -283,6 +287,10 @@ struct GnCase {
   MemoryFormat format;
   bool affine;
 };
+
+void PrintTo(const GnCase& c, std::ostream* os) {
+  *os << shape_to_string(c.shape) << " groups " << c.groups;
+}
 
 class GroupNormRef : public ::testing::TestWithParam<GnCase> {};
 
