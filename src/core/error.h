@@ -17,6 +17,13 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// Raised on a rank that is fine itself when another rank of a collective step failed: the
+// failing rank reports the cause, this one only says that it stopped.
+class PeerError : public Error {
+ public:
+  explicit PeerError(const std::string& what) : Error(what) {}
+};
+
 [[noreturn]] void check_failed(const char* file, int line, const char* expr);
 
 template <typename... Args>

@@ -1,0 +1,287 @@
+#include "train/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace syncbn::train {
+namespace {
+
+std::string join(const std::set<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// Reads a map node, checking that every key is known; `path` names the map in messages.
+class MapReader {
+ public:
+  MapReader(const YAML::Node& node, std::string path, std::set<std::string> allowed)
+      : node_(node), path_(std::move(path)), allowed_(std::move(allowed)) {
+    if (!node_ || node_.IsNull()) return;
+    SYNCBN_REQUIRE(node_.IsMap(), where(""), " must be a mapping with keys ", join(allowed_));
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.as<std::string>();
+      SYNCBN_REQUIRE(allowed_.count(key), "unknown config key '", where(key),
+                     "'; allowed keys here: ", join(allowed_));
+    }
+  }
+
+  std::string where(const std::string& key) const {
+    if (path_.empty()) return key;
+    return key.empty() ? path_ : path_ + "." + key;
+  }
+
+  YAML::Node child(const std::string& key) const {
+    return node_ && node_.IsMap() ? node_[key] : YAML::Node();
+  }
+
+  template <typename T>
+  void read(const std::string& key, T& out, const char* expected) const {
+    const YAML::Node v = child(key);
+    if (!v || v.IsNull()) return;
+    try {
+      SYNCBN_REQUIRE(v.IsScalar(), "config key '", where(key), "' must be ", expected);
+      out = v.as<T>();
+    } catch (const YAML::Exception&) {
+      throw Error(
+          str_cat("config key '", where(key), "' must be ", expected, ", got '", v.Scalar(), "'"));
+    }
+  }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  std::set<std::string> allowed_;
+};
+
+void require_choice(const std::string& key, const std::string& value,
+                    const std::set<std::string>& allowed) {
+  SYNCBN_REQUIRE(allowed.count(value), "config key '", key, "' must be one of ", join(allowed),
+                 ", got '", value, "'");
+}
+
+void require_range(const std::string& key, double value, double lo, double hi,
+                   const char* expected) {
+  SYNCBN_REQUIRE(value >= lo && value <= hi, "config key '", key, "' must be ", expected, ", got ",
+                 value);
+}
+
+// "a.b.c=value": sets root[a][b][c] to the scalar value (parsed as YAML, so numbers stay numbers).
+void apply_override(YAML::Node& root, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  SYNCBN_REQUIRE(eq != std::string::npos && eq > 0, "--set expects key=value, got '", assignment,
+                 "'");
+  const std::string key = assignment.substr(0, eq);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw Error(str_cat("--set ", key, ": cannot parse the value: ", e.what()));
+  }
+  std::vector<std::string> parts;
+  std::stringstream ss(key);
+  for (std::string part; std::getline(ss, part, '.');) {
+    SYNCBN_REQUIRE(!part.empty(), "--set: malformed key '", key, "'");
+    parts.push_back(part);
+  }
+  // yaml-cpp nodes are handles: walk with copies that alias the tree.
+  std::vector<YAML::Node> chain{root};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node next = chain.back()[parts[i]];
+    if (!next.IsDefined() || next.IsNull()) {
+      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      next = chain.back()[parts[i]];
+    }
+    SYNCBN_REQUIRE(next.IsMap(), "--set ", key, ": '", parts[i], "' is not a mapping");
+    chain.push_back(next);
+  }
+  chain.back()[parts.back()] = value;
+}
+
+std::vector<LayerSpec> read_layers(const YAML::Node& node) {
+  std::vector<LayerSpec> layers;
+  if (!node || node.IsNull()) return layers;
+  SYNCBN_REQUIRE(node.IsSequence(), "config key 'model.layers' must be a list of layers");
+  const std::set<std::string> types = {"conv", "norm",    "relu",  "maxpool",
+                                       "gap",  "flatten", "linear"};
+  for (size_t i = 0; i < node.size(); ++i) {
+    const std::string path = "model.layers[" + std::to_string(i) + "]";
+    MapReader r(node[i], path, {"type", "out", "kernel", "stride", "padding"});
+    LayerSpec spec;
+    r.read("type", spec.type, "a layer type");
+    require_choice(path + ".type", spec.type, types);
+    r.read("out", spec.out, "an integer");
+    if (spec.type == "maxpool") spec.kernel = 2, spec.stride = 2;
+    r.read("kernel", spec.kernel, "an integer");
+    r.read("stride", spec.stride, "an integer");
+    r.read("padding", spec.padding, "an integer");
+    if (spec.type == "conv" || spec.type == "linear")
+      require_range(path + ".out", static_cast<double>(spec.out), 1, 1 << 16, "in [1, 65536]");
+    require_range(path + ".kernel", static_cast<double>(spec.kernel), 1, 15, "in [1, 15]");
+    require_range(path + ".stride", static_cast<double>(spec.stride), 1, 15, "in [1, 15]");
+    require_range(path + ".padding", static_cast<double>(spec.padding), 0, 15, "in [0, 15]");
+    layers.push_back(spec);
+  }
+  return layers;
+}
+
+}  // namespace
+
+Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
+                    const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw Error(str_cat(source, ": not valid YAML: ", e.what()));
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  for (const std::string& o : overrides) apply_override(root, o);
+
+  Config c;
+  MapReader top(root, "", {"seed", "data", "model", "train"});
+  top.read("seed", c.seed, "a non-negative integer");
+
+  MapReader data(top.child("data"), "data", {"dir", "train_limit", "test_limit", "shuffle", "augment"});
+  data.read("dir", c.data.dir, "a directory path");
+  data.read("train_limit", c.data.train_limit, "an integer (0 = all)");
+  data.read("test_limit", c.data.test_limit, "an integer (0 = all)");
+  data.read("shuffle", c.data.shuffle, "true or false");
+  data.read("augment", c.data.augment, "true or false");
+  require_range("data.train_limit", static_cast<double>(c.data.train_limit), 0, 1e9, ">= 0");
+  require_range("data.test_limit", static_cast<double>(c.data.test_limit), 0, 1e9, ">= 0");
+
+  MapReader model(top.child("model"), "model",
+                  {"preset", "norm", "bn_group_size", "gn_groups", "layers"});
+  model.read("preset", c.model.preset, "a preset name");
+  model.read("norm", c.model.norm, "a norm name");
+  model.read("bn_group_size", c.model.bn_group_size, "an integer (0 = the whole world)");
+  model.read("gn_groups", c.model.gn_groups, "a positive integer");
+  c.model.layers = read_layers(model.child("layers"));
+  require_choice("model.preset", c.model.preset, {"small_cnn", "list"});
+  require_choice("model.norm", c.model.norm, {"syncbn", "bn", "gn", "ln", "in", "none"});
+  require_range("model.bn_group_size", static_cast<double>(c.model.bn_group_size), 0, 1 << 20,
+                ">= 0 (0 = the whole world)");
+  require_range("model.gn_groups", static_cast<double>(c.model.gn_groups), 1, 1 << 16, ">= 1");
+  SYNCBN_REQUIRE(c.model.preset == "list" || c.model.layers.empty(),
+                 "config key 'model.layers' is only used with model.preset: list");
+  SYNCBN_REQUIRE(c.model.preset != "list" || !c.model.layers.empty(),
+                 "config key 'model.layers' must list the layers when model.preset is list");
+
+  MapReader t(top.child("train"), "train",
+              {"per_rank_batch", "epochs", "steps", "lr", "momentum", "nesterov", "weight_decay",
+               "schedule", "warmup_steps", "step_size", "gamma", "min_lr", "eval_every_epochs",
+               "log_every", "threads"});
+  t.read("per_rank_batch", c.train.per_rank_batch, "a positive integer");
+  t.read("epochs", c.train.epochs, "an integer");
+  t.read("steps", c.train.steps, "an integer");
+  t.read("lr", c.train.lr, "a number");
+  t.read("momentum", c.train.momentum, "a number");
+  t.read("nesterov", c.train.nesterov, "true or false");
+  t.read("weight_decay", c.train.weight_decay, "a number");
+  t.read("schedule", c.train.schedule, "a schedule name");
+  t.read("warmup_steps", c.train.warmup_steps, "an integer");
+  t.read("step_size", c.train.step_size, "a positive integer");
+  t.read("gamma", c.train.gamma, "a number");
+  t.read("min_lr", c.train.min_lr, "a number");
+  t.read("eval_every_epochs", c.train.eval_every_epochs, "an integer (0 = only at the end)");
+  t.read("log_every", c.train.log_every, "a positive integer");
+  t.read("threads", c.train.threads, "a positive integer");
+  require_range("train.per_rank_batch", static_cast<double>(c.train.per_rank_batch), 1, 1 << 16,
+                "in [1, 65536]");
+  require_range("train.epochs", static_cast<double>(c.train.epochs), 0, 1e6, ">= 0");
+  require_range("train.steps", static_cast<double>(c.train.steps), 0, 1e9, ">= 0");
+  SYNCBN_REQUIRE((c.train.epochs > 0) != (c.train.steps > 0),
+                 "config: set exactly one of train.epochs and train.steps to a positive value "
+                 "(got epochs=",
+                 c.train.epochs, ", steps=", c.train.steps, ")");
+  require_range("train.lr", c.train.lr, 0, 1e3, "a non-negative number");
+  require_range("train.momentum", c.train.momentum, 0, 1, "in [0, 1]");
+  require_range("train.weight_decay", c.train.weight_decay, 0, 1, "in [0, 1]");
+  require_choice("train.schedule", c.train.schedule, {"constant", "step", "cosine"});
+  require_range("train.warmup_steps", static_cast<double>(c.train.warmup_steps), 0, 1e9, ">= 0");
+  require_range("train.step_size", static_cast<double>(c.train.step_size), 1, 1e9, ">= 1");
+  require_range("train.gamma", c.train.gamma, 0, 1, "in [0, 1]");
+  require_range("train.min_lr", c.train.min_lr, 0, 1e3, "a non-negative number");
+  require_range("train.eval_every_epochs", static_cast<double>(c.train.eval_every_epochs), 0, 1e6,
+                ">= 0");
+  require_range("train.log_every", static_cast<double>(c.train.log_every), 1, 1e9, ">= 1");
+  require_range("train.threads", static_cast<double>(c.train.threads), 1, 256, "in [1, 256]");
+  SYNCBN_REQUIRE(!c.train.nesterov || c.train.momentum > 0,
+                 "config: train.nesterov needs train.momentum > 0");
+  return c;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  SYNCBN_REQUIRE(in.good(), "cannot read config file '", path, "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), overrides, path);
+}
+
+std::string to_yaml(const Config& c) {
+  YAML::Emitter out;
+  out.SetDoublePrecision(17);
+  out << YAML::BeginMap;
+  out << YAML::Key << "seed" << YAML::Value << c.seed;
+  out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "dir" << YAML::Value << c.data.dir;
+  out << YAML::Key << "train_limit" << YAML::Value << c.data.train_limit;
+  out << YAML::Key << "test_limit" << YAML::Value << c.data.test_limit;
+  out << YAML::Key << "shuffle" << YAML::Value << c.data.shuffle;
+  out << YAML::Key << "augment" << YAML::Value << c.data.augment;
+  out << YAML::EndMap;
+  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "preset" << YAML::Value << c.model.preset;
+  out << YAML::Key << "norm" << YAML::Value << c.model.norm;
+  out << YAML::Key << "bn_group_size" << YAML::Value << c.model.bn_group_size;
+  out << YAML::Key << "gn_groups" << YAML::Value << c.model.gn_groups;
+  if (!c.model.layers.empty()) {
+    out << YAML::Key << "layers" << YAML::Value << YAML::BeginSeq;
+    for (const LayerSpec& l : c.model.layers) {
+      out << YAML::Flow << YAML::BeginMap;
+      out << YAML::Key << "type" << YAML::Value << l.type;
+      out << YAML::Key << "out" << YAML::Value << l.out;
+      out << YAML::Key << "kernel" << YAML::Value << l.kernel;
+      out << YAML::Key << "stride" << YAML::Value << l.stride;
+      out << YAML::Key << "padding" << YAML::Value << l.padding;
+      out << YAML::EndMap;
+    }
+    out << YAML::EndSeq;
+  }
+  out << YAML::EndMap;
+  const Config::Train& t = c.train;
+  out << YAML::Key << "train" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "per_rank_batch" << YAML::Value << t.per_rank_batch;
+  out << YAML::Key << "epochs" << YAML::Value << t.epochs;
+  out << YAML::Key << "steps" << YAML::Value << t.steps;
+  out << YAML::Key << "lr" << YAML::Value << t.lr;
+  out << YAML::Key << "momentum" << YAML::Value << t.momentum;
+  out << YAML::Key << "nesterov" << YAML::Value << t.nesterov;
+  out << YAML::Key << "weight_decay" << YAML::Value << t.weight_decay;
+  out << YAML::Key << "schedule" << YAML::Value << t.schedule;
+  out << YAML::Key << "warmup_steps" << YAML::Value << t.warmup_steps;
+  out << YAML::Key << "step_size" << YAML::Value << t.step_size;
+  out << YAML::Key << "gamma" << YAML::Value << t.gamma;
+  out << YAML::Key << "min_lr" << YAML::Value << t.min_lr;
+  out << YAML::Key << "eval_every_epochs" << YAML::Value << t.eval_every_epochs;
+  out << YAML::Key << "log_every" << YAML::Value << t.log_every;
+  out << YAML::Key << "threads" << YAML::Value << t.threads;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+uint64_t config_hash(const Config& config) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : to_yaml(config)) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace syncbn::train

@@ -1,0 +1,69 @@
+// The run configuration: YAML (yaml-cpp), validated strictly. Every error names the key and
+// what is allowed; unknown keys are errors. `--set key=value` overrides are applied to the YAML
+// tree before validation, so they are checked exactly like the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace syncbn::train {
+
+// One entry of the list form of model.layers.
+struct LayerSpec {
+  std::string type;  // conv, norm, relu, maxpool, gap, flatten, linear
+  int64_t out = 0;   // conv: output channels; linear: output features
+  int64_t kernel = 3;
+  int64_t stride = 1;
+  int64_t padding = 0;
+  // Bias follows the small_cnn rule: a conv followed by a norm (other than none) has none;
+  // other convs and every linear have one.
+};
+
+struct Config {
+  uint64_t seed = 0;
+  struct Data {
+    std::string dir = "/usr/share/datasets/fashion-mnist";
+    int64_t train_limit = 0;  // 0 = all
+    int64_t test_limit = 0;   // 0 = all (evaluation on the first test_limit test images)
+    bool shuffle = true;
+    bool augment = false;
+  } data;
+  struct Model {
+    std::string preset = "small_cnn";  // small_cnn, or "list" with layers below
+    std::string norm = "syncbn";       // syncbn, bn, gn, ln, in, none
+    int64_t bn_group_size = 0;         // 0 = the whole world
+    int64_t gn_groups = 8;
+    std::vector<LayerSpec> layers;
+  } model;
+  struct Train {
+    int64_t per_rank_batch = 8;
+    int64_t epochs = 0;  // exactly one of epochs / steps is > 0
+    int64_t steps = 0;
+    double lr = 0.1;
+    double momentum = 0.9;
+    bool nesterov = false;
+    double weight_decay = 5e-4;
+    std::string schedule = "cosine";  // constant, step, cosine
+    int64_t warmup_steps = 0;
+    int64_t step_size = 1000;       // schedule: step
+    double gamma = 0.1;             // schedule: step
+    double min_lr = 0.0;            // schedule: cosine
+    int64_t eval_every_epochs = 1;  // 0 = only after the last step
+    int64_t log_every = 50;
+    int64_t threads = 1;  // OpenMP / OpenBLAS threads per rank
+  } train;
+};
+
+// Parses and validates YAML text with `overrides` ("a.b=value") applied first.
+// Throws syncbn::Error naming the key.
+Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {},
+                    const std::string& source = "config");
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The effective configuration as canonical YAML (every key, fixed order) and its FNV-1a hash:
+// what all ranks must agree on.
+std::string to_yaml(const Config& config);
+uint64_t config_hash(const Config& config);
+
+}  // namespace syncbn::train

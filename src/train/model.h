@@ -1,0 +1,45 @@
+// The model: a sequence of layers with the state-dict names of a torch.nn.Sequential
+// ("0.weight", "1.running_mean", ...), built from the config (preset small_cnn or the list form).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "nn/layer.h"
+#include "train/config.h"
+
+namespace syncbn::train {
+
+class Sequential {
+ public:
+  void add(std::unique_ptr<nn::Layer> layer) { layers_.push_back(std::move(layer)); }
+  size_t size() const { return layers_.size(); }
+  nn::Layer& layer(size_t i) { return *layers_.at(i); }
+
+  Tensor forward(const Tensor& x, bool training);
+  // Backward through every layer in reverse; after layer i's backward, on_layer_done(i) is called
+  // (the gradient reducer starts buckets whose gradients are final).
+  Tensor backward(const Tensor& dy, const std::function<void(size_t)>& on_layer_done = {});
+
+  // Parameters and buffers named "<index>.<name>", in registration order.
+  std::vector<nn::ParamRef> parameters();
+  std::vector<nn::BufferRef> buffers();
+  // For each parameter (in parameters() order), the index of its layer.
+  std::vector<size_t> parameter_layers();
+
+ private:
+  std::vector<std::unique_ptr<nn::Layer>> layers_;
+};
+
+// Builds the configured model for 1×28×28 inputs and 10 classes. bn_group is the SyncBN group
+// (used when model.norm is syncbn; not owned). Initial weights come from Rng(seed): identical
+// on every rank.
+Sequential build_model(const Config& config, comm::Communicator* bn_group);
+
+// A PyTorch expression that builds the same nn.Sequential (for interop tests and the README).
+std::string torch_sequential_code(const Config& config);
+
+}  // namespace syncbn::train

@@ -1,0 +1,289 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+
+#include "core/error.h"
+#include "data/fashion_mnist.h"
+#include "data/loader.h"
+#include "nn/layers.h"
+#include "nn/sync_batch_norm.h"
+#include "optim/lr_schedule.h"
+#include "optim/sgd.h"
+#include "train/grad_reducer.h"
+#include "train/model.h"
+#include "train/weights.h"
+
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace syncbn::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = 0;
+};
+
+// The test set split into contiguous shards, one per rank; sums reduced exactly in float64.
+EvalResult evaluate(Sequential& model, const data::Dataset& test, comm::Communicator& world) {
+  const int64_t begin = test.count * world.rank() / world.size();
+  const int64_t end = test.count * (world.rank() + 1) / world.size();
+  constexpr int64_t kEvalBatch = 500;
+  double sums[2] = {0, 0};  // loss sum, correct
+  for (int64_t first = begin; first < end; first += kEvalBatch) {
+    const int64_t last = std::min(end, first + kEvalBatch);
+    std::vector<int64_t> indices(static_cast<size_t>(last - first));
+    for (int64_t i = first; i < last; ++i) indices[static_cast<size_t>(i - first)] = i;
+    const data::Batch batch = data::assemble_batch(test, indices, /*augment=*/false, 0, 0);
+    const Tensor logits = model.forward(batch.images, /*training=*/false);
+    int64_t correct = 0;
+    sums[0] += nn::softmax_cross_entropy(logits, batch.labels.data(), 1.0, nullptr, &correct);
+    sums[1] += static_cast<double>(correct);
+  }
+  world.allreduce_sum(sums, 2);
+  return {sums[0] / static_cast<double>(test.count), sums[1] / static_cast<double>(test.count)};
+}
+
+// Local BN keeps per-rank running statistics; the model that is evaluated and exported is rank
+// 0's, as with PyTorch DDP's broadcast_buffers.
+void broadcast_buffers(Sequential& model, comm::Communicator& world) {
+  for (nn::BufferRef& b : model.buffers()) {
+    if (b.f32) world.broadcast(b.f32->data(), b.f32->numel(), 0);
+    if (b.i64) world.broadcast(b.i64, 1, 0);
+  }
+}
+
+std::string format_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char text[32];
+  if (s >= 3600) {
+    std::snprintf(text, sizeof(text), "%lldh%02lldm", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s / 60 % 60));
+  } else {
+    std::snprintf(text, sizeof(text), "%lldm%02llds", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
+  }
+  return text;
+}
+
+// Rank 0's output: JSON lines to the metrics file, and progress for people.
+class Reporter {
+ public:
+  Reporter(bool active, const std::string& metrics_path, bool progress, int64_t total_steps)
+      : active_(active),
+        progress_(progress && active),
+        tty_(isatty(STDOUT_FILENO) != 0),
+        total_steps_(total_steps),
+        start_(Clock::now()) {
+    if (active_ && !metrics_path.empty()) {
+      metrics_.open(metrics_path, std::ios::out | std::ios::trunc);
+      SYNCBN_REQUIRE(metrics_.good(), "cannot write the metrics file '", metrics_path, "'");
+    }
+  }
+
+  void train(int64_t step, int64_t epoch, double loss, double lr, double images_per_s) {
+    if (!active_) return;
+    char line[256];
+    std::snprintf(line, sizeof(line),
+                  "{\"kind\":\"train\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"lr\":%.9g,"
+                  "\"images_per_s\":%.1f}",
+                  static_cast<long long>(step), static_cast<long long>(epoch), loss, lr,
+                  images_per_s);
+    write(line);
+    if (!progress_) return;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+    const double eta =
+        elapsed / static_cast<double>(step) * static_cast<double>(total_steps_ - step);
+    if (tty_) {
+      const int width = 30;
+      const int filled = static_cast<int>(width * step / total_steps_);
+      std::printf("\r[%s%s] step %lld/%lld loss %.4f %.0f img/s ETA %s ",
+                  std::string(static_cast<size_t>(filled), '#').c_str(),
+                  std::string(static_cast<size_t>(width - filled), '.').c_str(),
+                  static_cast<long long>(step), static_cast<long long>(total_steps_), loss,
+                  images_per_s, format_duration(eta).c_str());
+      if (step == total_steps_) std::printf("\n");
+    } else {
+      std::printf("step %lld/%lld epoch %lld loss %.4f lr %.4g %.0f img/s ETA %s\n",
+                  static_cast<long long>(step), static_cast<long long>(total_steps_),
+                  static_cast<long long>(epoch), loss, lr, images_per_s,
+                  format_duration(eta).c_str());
+    }
+    std::fflush(stdout);
+  }
+
+  void eval(int64_t step, int64_t epoch, const EvalResult& r) {
+    if (!active_) return;
+    char line[256];
+    std::snprintf(
+        line, sizeof(line),
+        "{\"kind\":\"eval\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.9g}",
+        static_cast<long long>(step), static_cast<long long>(epoch), r.loss, r.accuracy);
+    write(line);
+    if (progress_) {
+      std::printf("%seval step %lld epoch %lld: test loss %.4f, accuracy %.2f%%\n",
+                  tty_ ? "\n" : "", static_cast<long long>(step), static_cast<long long>(epoch),
+                  r.loss, 100.0 * r.accuracy);
+      std::fflush(stdout);
+    }
+  }
+
+ private:
+  void write(const char* line) {
+    if (!metrics_.is_open()) return;
+    metrics_ << line << '\n';
+    metrics_.flush();
+  }
+
+  bool active_, progress_, tty_;
+  int64_t total_steps_;
+  Clock::time_point start_;
+  std::ofstream metrics_;
+};
+
+}  // namespace
+
+void agree(comm::Communicator& world, const std::function<void()>& body) {
+  std::string error;
+  try {
+    body();
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  double failed = error.empty() ? 0.0 : 1.0;
+  world.allreduce_sum(&failed, 1);
+  if (!error.empty()) throw Error(error);
+  if (failed > 0)
+    throw PeerError(str_cat(static_cast<int>(failed), " other rank(s) failed; see their message"));
+}
+
+TrainResult run_training(const Config& config, comm::Communicator& world,
+                         const TrainOptions& options) {
+  const int threads = static_cast<int>(config.train.threads);
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+
+  // Errors here depend only on the config, which every rank shares: they are raised on every
+  // rank before any collective, so no rank is left waiting.
+  std::unique_ptr<comm::Communicator> bn_group;
+  if (config.model.norm == "syncbn")
+    bn_group = nn::make_bn_group(world, static_cast<int>(config.model.bn_group_size));
+  Sequential model = build_model(config, bn_group.get());
+
+  // Files may be missing or broken on some hosts only.
+  data::Dataset train_set, test_set;
+  agree(world, [&] {
+    train_set =
+        data::load_fashion_mnist(config.data.dir, data::Split::kTrain, config.data.train_limit);
+    test_set =
+        data::load_fashion_mnist(config.data.dir, data::Split::kTest, config.data.test_limit);
+    if (!options.init_from.empty()) load_weights(options.init_from, model);
+  });
+
+  std::vector<nn::ParamRef> params = model.parameters();
+  optim::SgdOptions sgd_options;
+  sgd_options.lr = config.train.lr;
+  sgd_options.momentum = config.train.momentum;
+  sgd_options.nesterov = config.train.nesterov;
+  sgd_options.weight_decay = config.train.weight_decay;
+  optim::SGD sgd(params, sgd_options);
+
+  data::LoaderOptions loader_options;
+  loader_options.global_batch = world.size() * config.train.per_rank_batch;
+  loader_options.seed = config.seed;
+  loader_options.shuffle = config.data.shuffle;
+  loader_options.augment = config.data.augment;
+  data::Loader loader(train_set, loader_options, world.rank(), world.size());
+  const int64_t steps_per_epoch = loader.steps_per_epoch();
+  const int64_t total_steps =
+      config.train.steps > 0 ? config.train.steps : config.train.epochs * steps_per_epoch;
+
+  optim::LrSchedule schedule;
+  schedule.kind = optim::parse_schedule_kind(config.train.schedule);
+  schedule.base_lr = config.train.lr;
+  schedule.warmup_steps = config.train.warmup_steps;
+  schedule.total_steps = total_steps;
+  schedule.step_size = config.train.step_size;
+  schedule.gamma = config.train.gamma;
+  schedule.min_lr = config.train.min_lr;
+  schedule.validate();
+
+  // Gradients of layer i are final once its backward has run: mark its parameters ready.
+  GradReducer reducer(params, &world);
+  const std::vector<size_t> owner = model.parameter_layers();
+  std::vector<std::vector<size_t>> params_of_layer(model.size());
+  for (size_t k = 0; k < owner.size(); ++k) params_of_layer[owner[k]].push_back(k);
+
+  Reporter reporter(world.rank() == 0, options.metrics_out, options.progress, total_steps);
+  const bool local_bn = config.model.norm == "bn";
+  TrainResult result;
+  auto run_eval = [&](int64_t step, int64_t epoch) {
+    if (local_bn) broadcast_buffers(model, world);
+    const EvalResult r = evaluate(model, test_set, world);
+    reporter.eval(step, epoch, r);
+    result.final_loss = r.loss;
+    result.final_accuracy = r.accuracy;
+  };
+
+  double window_images = 0;
+  Clock::time_point window_start = Clock::now();
+  bool evaluated_last = false;
+  for (int64_t step = 1; step <= total_steps; ++step) {
+    const int64_t epoch = (step - 1) / steps_per_epoch;
+    const int64_t in_epoch = (step - 1) % steps_per_epoch;
+    const data::Batch batch = loader.batch(epoch, in_epoch);
+    const double lr = schedule.lr_at(step);
+
+    sgd.zero_grad();
+    const Tensor logits = model.forward(batch.images, /*training=*/true);
+    Tensor dlogits;
+    int64_t correct = 0;
+    // d(mean loss over the global batch)/d logits: summing the ranks' gradients gives the
+    // gradient of one process training on the whole global batch, also for uneven slices.
+    const double loss_sum = nn::softmax_cross_entropy(
+        logits, batch.labels.data(), 1.0 / static_cast<double>(batch.global_batch_size), &dlogits,
+        &correct);
+    model.backward(dlogits, [&](size_t layer) {
+      for (size_t k : params_of_layer[layer]) reducer.mark_ready(k);
+    });
+    reducer.finish();
+    sgd.step(lr);
+    window_images += static_cast<double>(batch.global_batch_size);
+
+    if (step % config.train.log_every == 0 || step == total_steps) {
+      double loss = loss_sum;
+      world.allreduce_sum(&loss, 1);
+      loss /= static_cast<double>(batch.global_batch_size);
+      const double seconds = std::chrono::duration<double>(Clock::now() - window_start).count();
+      reporter.train(step, epoch, loss, lr, window_images / std::max(seconds, 1e-9));
+      window_images = 0;
+      window_start = Clock::now();
+    }
+    evaluated_last = false;
+    const bool epoch_end = in_epoch == steps_per_epoch - 1;
+    if (epoch_end && config.train.eval_every_epochs > 0 &&
+        (epoch + 1) % config.train.eval_every_epochs == 0) {
+      run_eval(step, epoch);
+      evaluated_last = true;
+    }
+    result.steps = step;
+  }
+  if (!evaluated_last) run_eval(total_steps, (total_steps - 1) / steps_per_epoch);
+  if (local_bn) broadcast_buffers(model, world);
+  agree(world, [&] {
+    if (!options.export_weights.empty() && world.rank() == 0)
+      save_weights(options.export_weights, model);
+  });
+  return result;
+}
+
+}  // namespace syncbn::train

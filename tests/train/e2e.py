@@ -1,0 +1,206 @@
+#!/usr/bin/python3
+"""End-to-end checks of `syncbn train` under mpirun (run by CTest, label e2e).
+
+  e2e.py BIN equivalence   -np 4 × 8 with SyncBN == -np 1 × 32 with BN, step by step
+  e2e.py BIN uneven        -np 3 with a last batch that splits unevenly == -np 1
+  e2e.py BIN determinism   two identical runs: byte-identical weights and metrics
+  e2e.py BIN interop       exported weights load into torch.nn.Sequential; same accuracy
+  e2e.py BIN errors        bad config / data / weights: clear message, non-zero exit, no hang
+
+BIN is the syncbn binary; configs/ci_tiny.yaml is the base config. Every check prints what it
+compared and exits non-zero on a mismatch.
+"""
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, "configs", "ci_tiny.yaml")
+DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def mpirun(np_):
+    cmd = ["mpirun", "-np", str(np_), "--oversubscribe", "--bind-to", "none"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    return cmd
+
+
+def train(binary, np_, out_dir, name, sets, extra=(), check=True, timeout=600):
+    metrics = os.path.join(out_dir, name + ".jsonl")
+    weights = os.path.join(out_dir, name + ".safetensors")
+    cmd = mpirun(np_) + [binary, "train", "--config", CONFIG, "--metrics-out", metrics,
+                         "--export-weights", weights, "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    cmd += list(extra)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        sys.exit(f"{name}: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return metrics, weights, proc
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        raw = blob[8 + n + begin:8 + n + end]
+        fmt = {"F32": "f", "I64": "q"}[info["dtype"]]
+        out[name] = (info["shape"], struct.unpack("<%d%s" % (len(raw) // struct.calcsize(fmt), fmt), raw))
+    return out
+
+
+def rel_close(a, b, tol):
+    scale = max(max((abs(v) for v in b), default=0.0), 1e-12)
+    return max((abs(x - y) for x, y in zip(a, b)), default=0.0) / scale <= tol
+
+
+def compare_runs(ma, wa, mb, wb, tol, what):
+    ta = [m for m in read_metrics(ma) if m["kind"] == "train"]
+    tb = [m for m in read_metrics(mb) if m["kind"] == "train"]
+    if len(ta) != len(tb) or not ta:
+        sys.exit(f"{what}: {len(ta)} vs {len(tb)} train records")
+    worst = 0.0
+    for a, b in zip(ta, tb):
+        if a["step"] != b["step"]:
+            sys.exit(f"{what}: step {a['step']} vs {b['step']}")
+        err = abs(a["loss"] - b["loss"]) / abs(b["loss"])
+        worst = max(worst, err)
+        if err > tol:
+            sys.exit(f"{what}: step {a['step']} loss {a['loss']} vs {b['loss']} (rel {err:.2e} > {tol})")
+    sa, sb = read_safetensors(wa), read_safetensors(wb)
+    if sorted(sa) != sorted(sb):
+        sys.exit(f"{what}: tensor names differ: {sorted(set(sa) ^ set(sb))}")
+    worst_w = 0.0
+    for name in sa:
+        (shape_a, va), (shape_b, vb) = sa[name], sb[name]
+        if shape_a != shape_b:
+            sys.exit(f"{what}: {name} shape {shape_a} vs {shape_b}")
+        if not rel_close(va, vb, tol):
+            sys.exit(f"{what}: final {name} differs beyond {tol}")
+        scale = max(max(abs(v) for v in vb), 1e-12)
+        worst_w = max(worst_w, max(abs(x - y) for x, y in zip(va, vb)) / scale)
+    print(f"{what}: {len(ta)} steps, max loss rel diff {worst:.2e}, max weight rel diff "
+          f"{worst_w:.2e} (tolerance {tol})")
+
+
+def equivalence(binary, out):
+    common = ["train.steps=30", "data.shuffle=true", "data.augment=true", "train.log_every=1"]
+    ma, wa, _ = train(binary, 4, out, "syncbn_np4", common + ["model.norm=syncbn", "train.per_rank_batch=8"])
+    mb, wb, _ = train(binary, 1, out, "bn_np1", common + ["model.norm=bn", "train.per_rank_batch=32"])
+    compare_runs(ma, wa, mb, wb, 1e-4, "np4x8 syncbn vs np1x32 bn")
+
+
+def uneven(binary, out):
+    # 100 images, global batch 24: the 5th batch holds 4 samples, split 2/1/1 over 3 ranks.
+    common = ["data.train_limit=100", "train.steps=10", "train.log_every=1", "data.augment=true"]
+    ma, wa, _ = train(binary, 3, out, "syncbn_np3", common + ["model.norm=syncbn", "train.per_rank_batch=8"])
+    mb, wb, _ = train(binary, 1, out, "bn_np1_24", common + ["model.norm=bn", "train.per_rank_batch=24"])
+    compare_runs(ma, wa, mb, wb, 1e-4, "np3x8 syncbn (uneven last batch) vs np1x24 bn")
+
+
+def determinism(binary, out):
+    ma, wa, _ = train(binary, 2, out, "run_a", ["train.threads=2"])
+    mb, wb, _ = train(binary, 2, out, "run_b", ["train.threads=2"])
+    with open(wa, "rb") as fa, open(wb, "rb") as fb:
+        if fa.read() != fb.read():
+            sys.exit("determinism: exported weights differ between identical runs")
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "images_per_s"} for m in ms]
+    if strip(read_metrics(ma)) != strip(read_metrics(mb)):
+        sys.exit("determinism: metrics differ between identical runs")
+    print("determinism: identical weights and metrics (images_per_s excluded) over two runs")
+
+
+def load_test_set(limit):
+    with gzip.open(os.path.join(DATA, "t10k-images-idx3-ubyte.gz")) as f:
+        raw = f.read()
+    with gzip.open(os.path.join(DATA, "t10k-labels-idx1-ubyte.gz")) as f:
+        labels = f.read()[8:8 + limit]
+    import torch
+    images = torch.frombuffer(bytearray(raw[16:16 + limit * 784]), dtype=torch.uint8)
+    images = images.reshape(limit, 1, 28, 28).float()
+    return ((images / 255.0) - 0.2860) / 0.3530, torch.tensor(list(labels))
+
+
+def interop(binary, out):
+    import torch
+    metrics, weights, _ = train(binary, 2, out, "interop", ["model.norm=syncbn"])
+    code = subprocess.run([binary, "model", "--config", CONFIG, "--torch"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    model = eval(code, {"torch": torch})
+    state = {name: torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float)
+                                else torch.int64).reshape(shape)
+             for name, (shape, values) in read_safetensors(weights).items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    limit = 1000
+    images, labels = load_test_set(limit)
+    with torch.no_grad():
+        logits = model(images)
+    correct = int((logits.argmax(1) == labels).sum())
+    ours = [m for m in read_metrics(metrics) if m["kind"] == "eval"][-1]["accuracy"]
+    theirs = correct / limit
+    print(f"interop: {code[:60]}... loaded strictly; accuracy ours {ours:.4f}, torch {theirs:.4f}")
+    if abs(ours - theirs) > 1.5 / limit:  # at most one borderline image may flip in float32
+        sys.exit(f"interop: accuracy differs: ours {ours} vs torch {theirs}")
+
+
+def expect_failure(binary, out, name, sets, fragment, extra=(), np_=2):
+    _, _, proc = train(binary, np_, out, name, sets, extra, check=False, timeout=120)
+    text = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        sys.exit(f"errors/{name}: exited 0; expected a failure mentioning {fragment!r}")
+    if fragment not in text:
+        sys.exit(f"errors/{name}: output lacks {fragment!r}:\n{text}")
+    if "MPI_ABORT" in text or "Signal:" in text:
+        sys.exit(f"errors/{name}: an abort instead of a clean exit:\n{text}")
+    reported = text.count(fragment)
+    print(f"errors/{name}: exit {proc.returncode}, {reported} rank(s) said {fragment!r}")
+
+
+def errors(binary, out):
+    expect_failure(binary, out, "unknown_key", ["train.learning_rate=0.1"],
+                   "unknown config key 'train.learning_rate'")
+    expect_failure(binary, out, "bad_norm", ["model.norm=batchnorm"],
+                   "config key 'model.norm' must be one of bn, gn, in, ln, none, syncbn")
+    expect_failure(binary, out, "bad_group", ["model.bn_group_size=3"],
+                   "bn_group_size 3 does not divide the world size 2")
+    expect_failure(binary, out, "missing_data", ["data.dir=/nonexistent/fashion"],
+                   "dataset-fashion-mnist")
+    broken = os.path.join(out, "broken_data")
+    os.makedirs(broken, exist_ok=True)
+    for name in os.listdir(DATA):
+        shutil.copy(os.path.join(DATA, name), broken)
+    with open(os.path.join(broken, "t10k-labels-idx1-ubyte.gz"), "wb") as f:
+        f.write(gzip.compress(b"\x00\x00\x08\x01" + struct.pack(">I", 10000) + b"\x01" * 10))
+    expect_failure(binary, out, "truncated_idx", ["data.dir=" + broken], "t10k-labels-idx1-ubyte.gz")
+    bad_weights = os.path.join(out, "bad.safetensors")
+    with open(bad_weights, "wb") as f:
+        f.write(b"not a safetensors file")
+    expect_failure(binary, out, "bad_weights", [], "bad.safetensors", ["--init-from", bad_weights])
+
+
+def main():
+    binary, check = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory(prefix="syncbn-e2e-") as out:
+        {"equivalence": equivalence, "uneven": uneven, "determinism": determinism,
+         "interop": interop, "errors": errors}[check](binary, out)
+
+
+if __name__ == "__main__":
+    main()
