@@ -1,0 +1,124 @@
+// Helpers for the data tests: a scratch directory, IDX files written by the test itself, and
+// checking error messages.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace syncbn::data::testing {
+
+// A fresh directory under the system temp dir, removed with everything in it.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "syncbn-data-XXXXXX").string();
+    char* made = mkdtemp(pattern.data());
+    if (made == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = made;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  std::string path() const { return path_.string(); }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void put_be32(std::vector<uint8_t>& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
+}
+
+// An IDX image file of `count` images; pixel (i, p) = (i * 7 + p) % 256.
+inline std::vector<uint8_t> idx_images(uint32_t count, uint32_t rows = 28, uint32_t cols = 28,
+                                       uint32_t magic = 0x00000803) {
+  std::vector<uint8_t> out;
+  put_be32(out, magic);
+  put_be32(out, count);
+  put_be32(out, rows);
+  put_be32(out, cols);
+  for (uint32_t i = 0; i < count; ++i)
+    for (uint32_t p = 0; p < rows * cols; ++p)
+      out.push_back(static_cast<uint8_t>((i * 7 + p) % 256));
+  return out;
+}
+
+inline std::vector<uint8_t> idx_labels(const std::vector<uint8_t>& labels,
+                                       uint32_t magic = 0x00000801) {
+  std::vector<uint8_t> out;
+  put_be32(out, magic);
+  put_be32(out, static_cast<uint32_t>(labels.size()));
+  out.insert(out.end(), labels.begin(), labels.end());
+  return out;
+}
+
+inline void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!f) throw std::runtime_error("cannot write " + path);
+}
+
+inline std::vector<uint8_t> read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
+}
+
+// Writes `bytes` gzip-compressed, with zlib's gz writer (an independent path from the reader).
+inline void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  if (f == nullptr) throw std::runtime_error("cannot open " + path);
+  const int written = gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+  const int closed = gzclose(f);
+  if (written != static_cast<int>(bytes.size()) || closed != Z_OK)
+    throw std::runtime_error("cannot write " + path);
+}
+
+// Runs fn, expects a syncbn::Error whose message contains every fragment.
+template <typename Fn>
+void expect_error(Fn&& fn, std::initializer_list<std::string> fragments) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected a syncbn::Error";
+  } catch (const Error& e) {
+    for (const std::string& f : fragments)
+      EXPECT_NE(std::string(e.what()).find(f), std::string::npos)
+          << "message '" << e.what() << "' lacks '" << f << "'";
+  }
+}
+
+// stdout of a shell command; fails the test if it exits non-zero.
+inline std::string run_command(const std::string& command) {
+  struct PClose {
+    void operator()(FILE* f) const { pclose(f); }
+  };
+  std::string out;
+  {
+    std::unique_ptr<FILE, PClose> pipe(popen(command.c_str(), "r"));
+    if (!pipe) throw std::runtime_error("popen failed: " + command);
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), pipe.get())) > 0) out.append(buf, n);
+    const int status = pclose(pipe.release());
+    EXPECT_EQ(status, 0) << "command failed: " << command;
+  }
+  return out;
+}
+
+}  // namespace syncbn::data::testing
