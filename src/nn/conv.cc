@@ -2,22 +2,24 @@
 //
 // Conv2d, for a chunk of B samples with P = Ho·Wo output positions and R = C_in·k·k:
 //
-//   col  (R, B·P)      col[(ci·k + kh)·k + kw][b·P + p] = x_b[ci][oh·s − pad + kh][ow·s − pad + kw]
-//                      (0 outside the input), p = oh·Wo + ow                     (im2col)
-//   Y    (C_out, B·P) = W (C_out, R) · col                       → y_b[co][p] = Y[co][b·P + p] +
-//   b[co] dW  += dY (C_out, B·P) · colᵀ                                  (accumulated, beta = 1)
-//   dcol = Wᵀ · dY      (R, B·P)                                  → dx = col2im(dcol), the adjoint
-//   db  += Σ_{b,p} dY
+//   im2col   col (R, B·P):  col[(ci·k + kh)·k + kw][b·P + oh·Wo + ow]
+//                              = x_b[ci][oh·s − pad + kh][ow·s − pad + kw]   (0 outside x)
+//   forward  Y (C_out, B·P) = W (C_out, R) · col;   y_b[co][p] = Y[co][b·P + p] + bias[co]
+//   dW      += dY · colᵀ          (C_out, R), accumulated into the gradient (beta = 1)
+//   dcol     = Wᵀ · dY            (R, B·P);   dx = col2im(dcol), the adjoint of im2col
+//   dbias   += Σ_{b,p} dY
 //
-// B is as many samples as keep col within kColBudget floats, so small feature maps (7x7 at the
-// end of a CNN) still make GEMMs with thousands of columns while large ones use one sample at a
-// time; forward and backward use the same chunks. The backward recomputes col from the saved
-// input rather than keeping R/C_in times the input's size alive between the passes.
+// B is as many samples as keep col within kColBudget floats (1 MiB, about what L2 holds), so
+// small feature maps (7x7 at the end of a CNN) still make GEMMs with hundreds of columns, while
+// large ones go one sample at a time and col stays in cache between im2col and the GEMM (an
+// 8 MiB budget was 10-40% slower on the shapes below). Forward and backward use the same chunks.
+// The backward recomputes col from the saved input rather than keeping k·k times the input's
+// size alive between the passes.
 //
-// Why OpenBLAS and not oneDNN: conv 32→32 3x3 pad 1 on 8x32x28x28, forward + backward, on this
-// 2-core machine: this code 9.2 ms (1 thread) / 5.6 ms (2 threads); PyTorch 1.13's CPU conv
-// (oneDNN / mkldnn, same shapes) 8.9 ms / 5.3 ms. Within 10%, so oneDNN is not worth the
-// dependency; see tests/nn/conv_timing.py for the PyTorch side.
+// OpenBLAS, not oneDNN: conv 32→32 3x3 pad 1 on 8x32x28x28, forward + backward, 1 thread, CPU
+// time (best of 13) on the 2-core AMD EPYC (Zen) dev VM: this code 6.8 ms, PyTorch 1.13's CPU
+// conv (oneDNN 2.6) 8.0 ms; the five convs of small_cnn at N = 8: 20.7 vs 22.3 ms, at N = 32:
+// 81.5 vs 80.4 ms. On par, so oneDNN is not worth the dependency.
 //
 // im2col, col2im and the bias/scatter passes split their loops statically over OpenMP threads,
 // each thread owning whole output rows or input channels, so results do not depend on
@@ -39,8 +41,8 @@ namespace {
 
 using norm::thread_count_for;
 
-// Floats of im2col buffer per chunk (8 MiB).
-constexpr int64_t kColBudget = int64_t{1} << 21;
+// Floats of im2col buffer per chunk (1 MiB).
+constexpr int64_t kColBudget = int64_t{1} << 18;
 
 int blas_int(int64_t v, const char* what) {
   SYNCBN_REQUIRE(v <= INT_MAX, what, " of ", v, " exceeds the BLAS integer range (", INT_MAX, ")");
@@ -74,7 +76,7 @@ struct ConvShape {
 };
 
 // Row r = (ci, kh, kw) of one sample's col, written at out[0, P).
-void im2col_row(const float* x, const ConvShape& s, int64_t r, float* out) {
+void im2col_row(const float* x, const ConvShape& s, int64_t r, float* __restrict out) {
   const int64_t ci = r / (s.k * s.k), kh = r / s.k % s.k, kw = r % s.k;
   const float* plane = x + ci * s.h * s.w;
   const auto [lo, hi] = s.valid_columns(kw);
@@ -82,17 +84,19 @@ void im2col_row(const float* x, const ConvShape& s, int64_t r, float* out) {
     float* o = out + oh * s.wo;
     const int64_t ih = oh * s.stride - s.pad + kh;
     if (ih < 0 || ih >= s.h) {
-      std::fill(o, o + s.wo, 0.0f);
+      for (int64_t ow = 0; ow < s.wo; ++ow) o[ow] = 0.0f;
       continue;
     }
-    std::fill(o, o + lo, 0.0f);
-    const float* in = plane + ih * s.w + (lo * s.stride - s.pad + kw);
+    // Rows are a few dozen floats: plain loops, which the compiler vectorizes inline, beat
+    // calls to memcpy/memset here.
+    for (int64_t ow = 0; ow < lo; ++ow) o[ow] = 0.0f;
+    const float* __restrict in = plane + ih * s.w + (lo * s.stride - s.pad + kw);
     if (s.stride == 1) {
-      std::copy(in, in + (hi - lo), o + lo);
+      for (int64_t ow = lo; ow < hi; ++ow) o[ow] = in[ow - lo];
     } else {
       for (int64_t ow = lo; ow < hi; ++ow) o[ow] = in[(ow - lo) * s.stride];
     }
-    std::fill(o + hi, o + s.wo, 0.0f);
+    for (int64_t ow = hi; ow < s.wo; ++ow) o[ow] = 0.0f;
   }
 }
 
@@ -107,9 +111,13 @@ void col2im_channel(const float* dcol, int64_t ld, const ConvShape& s, int64_t c
       for (int64_t oh = 0; oh < s.ho; ++oh) {
         const int64_t ih = oh * s.stride - s.pad + kh;
         if (ih < 0 || ih >= s.h) continue;
-        float* d = dx_plane + ih * s.w + (lo * s.stride - s.pad + kw);
-        const float* g = row + oh * s.wo;
-        for (int64_t ow = lo; ow < hi; ++ow) d[(ow - lo) * s.stride] += g[ow];
+        float* __restrict d = dx_plane + ih * s.w + (lo * s.stride - s.pad + kw);
+        const float* __restrict g = row + oh * s.wo;
+        if (s.stride == 1) {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow - lo] += g[ow];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) d[(ow - lo) * s.stride] += g[ow];
+        }
       }
     }
   }

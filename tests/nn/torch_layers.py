@@ -115,7 +115,7 @@ def conv_cases(w, gen):
         (2, 16, 7, 7, 32, 1, 1, 0, True),  # 1x1
         (5, 4, 10, 10, 6, 3, 2, 0, True),  # stride 2, no padding
         (1, 1, 6, 6, 1, 2, 2, 0, True),  # N = 1, even kernel
-        (3, 16, 70, 70, 4, 3, 1, 1, True),  # im2col chunks of 2 samples and a partial one
+        (3, 4, 56, 56, 8, 3, 1, 1, True),  # im2col chunks of 2 samples and a partial one
         (2, 64, 7, 7, 64, 3, 1, 1, True),  # small maps, many channels: one chunk for the batch
     ]
     for i, (n, cin, h, wd, cout, k, s, p, bias) in enumerate(shapes):

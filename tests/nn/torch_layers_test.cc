@@ -13,7 +13,7 @@
 // of both signs, so its rounding error scales with the size of the terms (≈ the largest outputs),
 // not with the (possibly tiny) result. Tolerances: forward outputs and the loss 1e-5, gradients
 // 1e-4. float32 accumulation of K terms errs by ~√K·6e-8 of the term size; the largest sums here
-// (dW over N·Ho·Wo = 6272 and 14700 positions, K = 288 and 576 in the forward) stay near 1e-6.
+// (dW over N·Ho·Wo = 6272 and 9408 positions, K = 288 and 576 in the forward) stay near 1e-6.
 // A wrong index or a missing term is off by O(1).
 #include <gtest/gtest.h>
 
