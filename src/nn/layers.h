@@ -11,8 +11,14 @@
 // expected and actual shapes; so does backward without a forward before it, or with a grad of
 // the wrong shape. A forward keeps what its backward needs (a copy of the input, or a mask) until
 // that backward, which releases it. Every layer accepts N = 0: empty outputs and gradients, and
-// nothing added to parameter gradients. Outputs are contiguous; a channels-last input is
-// accepted and converted.
+// nothing added to parameter gradients. A channels-last input is accepted: Conv2d, Linear, the
+// pools and Flatten return contiguous outputs, ReLU, Identity and the norms keep x's format.
+//
+// Threads: the elementwise, pooling, im2col/col2im and loss loops split their work statically
+// over OpenMP threads with each output written by one thread, so their results do not depend on
+// OMP_NUM_THREADS; the GEMMs run on OpenBLAS's own threads (OPENBLAS_NUM_THREADS), which are
+// bitwise reproducible for a given OpenBLAS thread count but not across counts (the norm kernels:
+// for a given OpenMP thread count, norm/parallel.h).
 //
 // Parameters are initialised from the Rng given to the constructor as PyTorch does
 // (kaiming_uniform_(a=√5): weight and bias ~ U(−1/√fan_in, 1/√fan_in)): deterministic for a seed,

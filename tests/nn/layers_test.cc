@@ -13,8 +13,10 @@
 // them, over 2h = 2e-2) remains; tolerance 1e-3. Inputs keep clear of the kinks (ReLU: |x| >=
 // 0.1; max pooling: values at least 0.1 apart). The norms and the loss are smooth: h = 1e-2 gives
 // a truncation error ~h² and every output moves; tolerance 3e-3. A wrong term in any of these
-// gradients is off by O(1) (tried: conv dW with the kernel transposed, dx without col2im's
-// accumulation, BN without the mean term, loss without the one-hot).
+// gradients is off by O(1). Breakages tried once each, and caught: col2im reading the kernel
+// transposed (kh and kw swapped: every conv case but the 1x1 fails), max pooling keeping the last
+// of tied maxima, the loss gradient without the one-hot, norm layers overwriting instead of
+// accumulating dγ and dβ.
 #include "nn/layers.h"
 
 #include <gtest/gtest.h>
