@@ -1,0 +1,130 @@
+// The run configuration: defaults, overrides, canonical form, and every kind of rejection.
+#include "train/config.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/error.h"
+#include "train/model.h"
+
+namespace syncbn::train {
+namespace {
+
+template <typename Fn>
+void expect_error(Fn&& fn, const std::string& fragment) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an error containing '" << fragment << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
+        << "message '" << e.what() << "' lacks '" << fragment << "'";
+  }
+}
+
+constexpr const char* kMinimal = "train:\n  steps: 10\n";
+
+TEST(Config, DefaultsAndValues) {
+  const Config c = parse_config(
+      "seed: 5\ndata:\n  train_limit: 100\n  augment: true\nmodel:\n  norm: gn\n  gn_groups: 4\n"
+      "train:\n  epochs: 3\n  per_rank_batch: 4\n  schedule: step\n  nesterov: true\n");
+  EXPECT_EQ(c.seed, 5u);
+  EXPECT_EQ(c.data.train_limit, 100);
+  EXPECT_TRUE(c.data.augment);
+  EXPECT_TRUE(c.data.shuffle);
+  EXPECT_EQ(c.model.norm, "gn");
+  EXPECT_EQ(c.model.gn_groups, 4);
+  EXPECT_EQ(c.train.epochs, 3);
+  EXPECT_EQ(c.train.per_rank_batch, 4);
+  EXPECT_EQ(c.train.schedule, "step");
+  EXPECT_TRUE(c.train.nesterov);
+}
+
+TEST(Config, OverridesApplyBeforeValidation) {
+  const Config c = parse_config(kMinimal, {"train.lr=0.25", "model.norm=bn", "data.dir=/tmp/x"});
+  EXPECT_DOUBLE_EQ(c.train.lr, 0.25);
+  EXPECT_EQ(c.model.norm, "bn");
+  EXPECT_EQ(c.data.dir, "/tmp/x");
+  expect_error([] { parse_config(kMinimal, {"train.lr"}); }, "--set expects key=value");
+  expect_error([] { parse_config(kMinimal, {"train.bogus=1"}); },
+               "unknown config key 'train.bogus'");
+}
+
+TEST(Config, RejectsWithTheKeyAndWhatIsAllowed) {
+  expect_error([] { parse_config("train: [1, 2"); }, "not valid YAML");
+  expect_error([] { parse_config(std::string(kMinimal) + "optimizer: sgd\n"); },
+               "unknown config key 'optimizer'; allowed keys here: data, model, seed, train");
+  expect_error(
+      [] { parse_config(kMinimal, {"model.norm=batchnorm"}); },
+      "config key 'model.norm' must be one of bn, gn, in, ln, none, syncbn, got 'batchnorm'");
+  expect_error([] { parse_config(kMinimal, {"train.lr=fast"}); },
+               "config key 'train.lr' must be a number, got 'fast'");
+  expect_error([] { parse_config(kMinimal, {"train.momentum=1.5"}); },
+               "config key 'train.momentum' must be in [0, 1], got 1.5");
+  expect_error([] { parse_config(kMinimal, {"train.per_rank_batch=0"}); },
+               "config key 'train.per_rank_batch' must be in [1, 65536]");
+  expect_error([] { parse_config("train:\n  steps: 10\n  epochs: 2\n"); },
+               "set exactly one of train.epochs and train.steps");
+  expect_error([] { parse_config("seed: 1\n"); },
+               "set exactly one of train.epochs and train.steps");
+  expect_error([] { parse_config(kMinimal, {"train.schedule=linear"}); },
+               "config key 'train.schedule' must be one of constant, cosine, step");
+  expect_error(
+      [] {
+        parse_config(kMinimal, {"train.nesterov=true", "train.momentum=0"});
+      },
+      "train.nesterov needs train.momentum > 0");
+  expect_error([] { parse_config(kMinimal, {"model.preset=list"}); },
+               "'model.layers' must list the layers");
+  expect_error([] { load_config("/nonexistent/config.yaml"); },
+               "cannot read config file '/nonexistent/config.yaml'");
+}
+
+TEST(Config, CanonicalYamlRoundTripsAndHashesTheEffectiveConfig) {
+  const Config a = parse_config(kMinimal, {"train.lr=0.3"});
+  const Config b = parse_config(to_yaml(a));
+  EXPECT_EQ(to_yaml(a), to_yaml(b));
+  EXPECT_EQ(config_hash(a), config_hash(b));
+  EXPECT_NE(config_hash(a), config_hash(parse_config(kMinimal, {"train.lr=0.31"})));
+}
+
+TEST(Model, ListFormAndShapeErrors) {
+  const Config list = parse_config(
+      "model:\n  preset: list\n  norm: bn\n  layers:\n"
+      "    - {type: conv, out: 8, kernel: 3, padding: 1}\n    - {type: norm}\n"
+      "    - {type: relu}\n    - {type: gap}\n    - {type: flatten}\n    - {type: linear, out: "
+      "10}\n"
+      "train:\n  steps: 1\n");
+  EXPECT_EQ(torch_sequential_code(list),
+            "torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=1, padding=1, bias=False), "
+            "torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), "
+            "torch.nn.Flatten(), torch.nn.Linear(8, 10))");
+  Sequential model = build_model(list, nullptr);
+  EXPECT_EQ(model.size(), 6u);
+  EXPECT_EQ(model.parameters().size(), 5u);  // conv weight, bn weight/bias, linear weight/bias
+  const Config bad = parse_config(
+      "model:\n  preset: list\n  norm: none\n  layers:\n    - {type: linear, out: 10}\n"
+      "train:\n  steps: 1\n");
+  expect_error([&] { build_model(bad, nullptr); }, "needs a flat input");
+  const Config gn = parse_config(kMinimal, {"model.norm=gn", "model.gn_groups=5"});
+  expect_error([&] { build_model(gn, nullptr); }, "'model.gn_groups' (5) must divide");
+}
+
+TEST(Model, SmallCnnHasPyTorchNames) {
+  Sequential model = build_model(parse_config(kMinimal, {"model.norm=bn"}), nullptr);
+  ASSERT_EQ(model.size(), 20u);
+  std::vector<std::string> names;
+  for (const nn::ParamRef& p : model.parameters()) names.push_back(p.name);
+  EXPECT_EQ(names.front(), "0.weight");  // conv followed by a norm: no bias
+  EXPECT_EQ(names[1], "1.weight");
+  EXPECT_EQ(names.back(), "19.bias");
+  std::vector<std::string> buffers;
+  for (const nn::BufferRef& b : model.buffers()) buffers.push_back(b.name);
+  EXPECT_EQ(buffers[0], "1.running_mean");
+  EXPECT_EQ(buffers[2], "1.num_batches_tracked");
+  Sequential plain = build_model(parse_config(kMinimal, {"model.norm=none"}), nullptr);
+  EXPECT_EQ(plain.parameters()[1].name, "0.bias");  // no norm after the conv: it has a bias
+}
+
+}  // namespace
+}  // namespace syncbn::train
