@@ -24,7 +24,8 @@ constexpr const char* kUsage =
     "  version      print the version\n"
     "\n"
     "syncbn train --config FILE [--set key=value ...] [--init-from WEIGHTS]\n"
-    "             [--export-weights WEIGHTS] [--metrics-out FILE] [--no-progress]\n";
+    "             [--export-weights WEIGHTS] [--metrics-out FILE] [--no-progress]\n"
+    "             [--checkpoint-dir DIR] [--resume]\n";
 
 struct TrainArgs {
   std::string config;
@@ -50,6 +51,10 @@ TrainArgs parse_train_args(int argc, char** argv) {
       args.options.export_weights = value();
     } else if (flag == "--metrics-out") {
       args.options.metrics_out = value();
+    } else if (flag == "--resume") {
+      args.options.resume = true;
+    } else if (flag == "--checkpoint-dir") {
+      args.overrides.push_back("checkpoint.dir=" + value());
     } else if (flag == "--no-progress") {
       args.options.progress = false;
     } else {

@@ -144,10 +144,11 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   for (const std::string& o : overrides) apply_override(root, o);
 
   Config c;
-  MapReader top(root, "", {"seed", "data", "model", "train"});
+  MapReader top(root, "", {"seed", "data", "model", "train", "checkpoint"});
   top.read("seed", c.seed, "a non-negative integer");
 
-  MapReader data(top.child("data"), "data", {"dir", "train_limit", "test_limit", "shuffle", "augment"});
+  MapReader data(top.child("data"), "data",
+                 {"dir", "train_limit", "test_limit", "shuffle", "augment"});
   data.read("dir", c.data.dir, "a directory path");
   data.read("train_limit", c.data.train_limit, "an integer (0 = all)");
   data.read("test_limit", c.data.test_limit, "an integer (0 = all)");
@@ -214,6 +215,15 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   require_range("train.threads", static_cast<double>(c.train.threads), 1, 256, "in [1, 256]");
   SYNCBN_REQUIRE(!c.train.nesterov || c.train.momentum > 0,
                  "config: train.nesterov needs train.momentum > 0");
+
+  MapReader ck(top.child("checkpoint"), "checkpoint", {"dir", "every_steps", "keep_last"});
+  ck.read("dir", c.checkpoint.dir, "a directory path");
+  ck.read("every_steps", c.checkpoint.every_steps, "an integer (0 = only at the end)");
+  ck.read("keep_last", c.checkpoint.keep_last, "a positive integer");
+  require_range("checkpoint.every_steps", static_cast<double>(c.checkpoint.every_steps), 0, 1e9,
+                ">= 0");
+  require_range("checkpoint.keep_last", static_cast<double>(c.checkpoint.keep_last), 1, 1e6,
+                ">= 1");
   return c;
 }
 
@@ -273,6 +283,11 @@ std::string to_yaml(const Config& c) {
   out << YAML::Key << "eval_every_epochs" << YAML::Value << t.eval_every_epochs;
   out << YAML::Key << "log_every" << YAML::Value << t.log_every;
   out << YAML::Key << "threads" << YAML::Value << t.threads;
+  out << YAML::EndMap;
+  out << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "dir" << YAML::Value << c.checkpoint.dir;
+  out << YAML::Key << "every_steps" << YAML::Value << c.checkpoint.every_steps;
+  out << YAML::Key << "keep_last" << YAML::Value << c.checkpoint.keep_last;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

@@ -53,6 +53,11 @@ struct Config {
     int64_t log_every = 50;
     int64_t threads = 1;  // OpenMP / OpenBLAS threads per rank
   } train;
+  struct Checkpoint {
+    std::string dir;          // "" = no checkpoints (syncbn train --checkpoint-dir sets it)
+    int64_t every_steps = 0;  // 0 = only at the end of the run
+    int64_t keep_last = 3;
+  } checkpoint;
 };
 
 // Parses and validates YAML text with `overrides` ("a.b=value") applied first.

@@ -1,12 +1,14 @@
 #include "train/trainer.h"
 
 #include <omp.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 
@@ -17,6 +19,7 @@
 #include "nn/sync_batch_norm.h"
 #include "optim/lr_schedule.h"
 #include "optim/sgd.h"
+#include "train/checkpoint.h"
 #include "train/grad_reducer.h"
 #include "train/model.h"
 #include "train/weights.h"
@@ -150,6 +153,29 @@ class Reporter {
   std::ofstream metrics_;
 };
 
+// Test hooks, read from the environment (tests/train/e2e.py uses them):
+//   SYNCBN_TEST_KILL_AT_STEP=N:R  rank R sends itself SIGKILL right after step N (and its
+//                                 checkpoint, if one is due): a rank dying mid-run.
+//   SYNCBN_TEST_FORGET_POSITION=1 a resume restores the weights but restarts the data order
+//                                 from the beginning: the negative control of the resume test.
+struct TestHooks {
+  int64_t kill_step = -1;
+  int kill_rank = -1;
+  bool forget_position = false;
+
+  static TestHooks from_env() {
+    TestHooks h;
+    if (const char* kill = std::getenv("SYNCBN_TEST_KILL_AT_STEP")) {
+      long long step = -1;
+      int rank = -1;
+      if (std::sscanf(kill, "%lld:%d", &step, &rank) == 2) h.kill_step = step, h.kill_rank = rank;
+    }
+    const char* forget = std::getenv("SYNCBN_TEST_FORGET_POSITION");
+    h.forget_position = forget != nullptr && std::string(forget) == "1";
+    return h;
+  }
+};
+
 }  // namespace
 
 void agree(comm::Communicator& world, const std::function<void()>& body) {
@@ -218,14 +244,52 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   schedule.validate();
 
   // Gradients of layer i are final once its backward has run: mark its parameters ready.
+  TrainResult result;
   GradReducer reducer(params, &world);
   const std::vector<size_t> owner = model.parameter_layers();
   std::vector<std::vector<size_t>> params_of_layer(model.size());
   for (size_t k = 0; k < owner.size(); ++k) params_of_layer[owner[k]].push_back(k);
 
+  // Resume: rank 0 reads the newest valid checkpoint and sends it to every rank; each restores
+  // it (the same bytes, so the same outcome everywhere).
+  const bool checkpointing = !config.checkpoint.dir.empty();
+  SYNCBN_REQUIRE(!options.resume || checkpointing,
+                 "--resume needs a checkpoint directory (--checkpoint-dir or checkpoint.dir)");
+  CheckpointDir checkpoints(config.checkpoint.dir, config.checkpoint.keep_last);
+  int64_t start_step = 0;
+  if (options.resume) {
+    std::vector<uint8_t> payload;
+    std::string source;
+    agree(world, [&] {
+      if (world.rank() == 0) payload = checkpoints.newest_valid(&source).value_or(payload);
+    });
+    int64_t size = static_cast<int64_t>(payload.size());
+    world.broadcast(&size, 1, 0);
+    payload.resize(static_cast<size_t>(size));
+    world.broadcast(payload.data(), size, 0);
+    if (size > 0) {
+      start_step = restore_checkpoint(payload, source.empty() ? "the checkpoint" : source, config,
+                                      world.size(), model, sgd);
+      SYNCBN_REQUIRE(start_step <= total_steps, "cannot resume: the checkpoint is at step ",
+                     start_step, ", beyond this run's ", total_steps, " steps");
+      if (world.rank() == 0)
+        std::printf("resuming from step %lld (%s)\n", static_cast<long long>(start_step),
+                    source.c_str());
+    } else if (world.rank() == 0) {
+      std::printf("no checkpoint in %s yet: starting from step 0\n", config.checkpoint.dir.c_str());
+    }
+  }
+  result.resumed_from = start_step;
+  auto save_checkpoint = [&](int64_t step) {
+    agree(world, [&] {
+      if (world.rank() == 0)
+        checkpoints.save(
+            step, encode_checkpoint(config, world.size(), step, steps_per_epoch, model, sgd));
+    });
+  };
+
   Reporter reporter(world.rank() == 0, options.metrics_out, options.progress, total_steps);
   const bool local_bn = config.model.norm == "bn";
-  TrainResult result;
   auto run_eval = [&](int64_t step, int64_t epoch) {
     if (local_bn) broadcast_buffers(model, world);
     const EvalResult r = evaluate(model, test_set, world);
@@ -237,10 +301,13 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   double window_images = 0;
   Clock::time_point window_start = Clock::now();
   bool evaluated_last = false;
-  for (int64_t step = 1; step <= total_steps; ++step) {
+  const TestHooks hooks = TestHooks::from_env();
+  for (int64_t step = start_step + 1; step <= total_steps; ++step) {
     const int64_t epoch = (step - 1) / steps_per_epoch;
     const int64_t in_epoch = (step - 1) % steps_per_epoch;
-    const data::Batch batch = loader.batch(epoch, in_epoch);
+    const int64_t data_step = hooks.forget_position ? step - start_step - 1 : step - 1;
+    const data::Batch batch =
+        loader.batch(data_step / steps_per_epoch, data_step % steps_per_epoch);
     const double lr = schedule.lr_at(step);
 
     sgd.zero_grad();
@@ -276,9 +343,16 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
       evaluated_last = true;
     }
     result.steps = step;
+    if (checkpointing && config.checkpoint.every_steps > 0 &&
+        step % config.checkpoint.every_steps == 0 && step < total_steps) {
+      if (local_bn) broadcast_buffers(model, world);
+      save_checkpoint(step);
+    }
+    if (step == hooks.kill_step && world.rank() == hooks.kill_rank) ::raise(SIGKILL);
   }
   if (!evaluated_last) run_eval(total_steps, (total_steps - 1) / steps_per_epoch);
   if (local_bn) broadcast_buffers(model, world);
+  if (checkpointing && result.steps > start_step) save_checkpoint(total_steps);
   agree(world, [&] {
     if (!options.export_weights.empty() && world.rank() == 0)
       save_weights(options.export_weights, model);

@@ -16,10 +16,12 @@ struct TrainOptions {
   std::string export_weights;  // safetensors written by rank 0 at the end ("" = none)
   std::string metrics_out;     // JSON lines written by rank 0 ("" = none)
   bool progress = true;        // rank 0 prints progress (a bar on a terminal, lines otherwise)
+  bool resume = false;         // continue from the newest valid checkpoint in checkpoint.dir
 };
 
 struct TrainResult {
   int64_t steps = 0;
+  int64_t resumed_from = 0;   // the checkpoint's step when resuming, else 0
   double final_loss = 0;      // test-set mean loss of the last evaluation
   double final_accuracy = 0;  // test-set accuracy of the last evaluation
 };

@@ -53,7 +53,8 @@ TEST(Config, OverridesApplyBeforeValidation) {
 TEST(Config, RejectsWithTheKeyAndWhatIsAllowed) {
   expect_error([] { parse_config("train: [1, 2"); }, "not valid YAML");
   expect_error([] { parse_config(std::string(kMinimal) + "optimizer: sgd\n"); },
-               "unknown config key 'optimizer'; allowed keys here: data, model, seed, train");
+               "unknown config key 'optimizer'; allowed keys here: checkpoint, data, model, seed, "
+               "train");
   expect_error(
       [] { parse_config(kMinimal, {"model.norm=batchnorm"}); },
       "config key 'model.norm' must be one of bn, gn, in, ln, none, syncbn, got 'batchnorm'");
