@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/commands.h"
 #include "comm/communicator.h"
 #include "comm/mpi_environment.h"
 #include "core/error.h"
@@ -19,6 +20,8 @@ constexpr const char* kUsage =
     "commands:\n"
     "  train        data-parallel training; run under mpirun:\n"
     "                 mpirun -np 4 syncbn train --config configs/fashion_mnist.yaml\n"
+    "  coordinator  the gRPC coordinator: syncbn coordinator --state-dir DIR [--listen ADDR]\n"
+    "  status       a coordinator's runs: syncbn status --coordinator ADDR [--run ID]\n"
     "  model        print the configured model as a PyTorch expression:\n"
     "                 syncbn model --config FILE [--set key=value ...] --torch\n"
     "  version      print the version\n"
@@ -150,7 +153,11 @@ int main(int argc, char** argv) {
     return train_command(argc, argv);
   }
   if (command == "model") return model_command(argc, argv);
-  std::fprintf(stderr, "syncbn: unknown command '%s'; expected one of: train, model, version\n%s",
+  if (command == "coordinator") return coordinator_command(argc, argv);
+  if (command == "status") return status_command(argc, argv);
+  std::fprintf(stderr,
+               "syncbn: unknown command '%s'; expected one of: train, coordinator, status, model, "
+               "version\n%s",
                command.c_str(), kUsage);
   return 2;
 }
