@@ -1,6 +1,9 @@
 // The one `syncbn` binary: `syncbn train | coordinator | study | status | ckpt ...`.
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -28,10 +31,15 @@ constexpr const char* kUsage =
     "\n"
     "syncbn train --config FILE [--set key=value ...] [--init-from WEIGHTS]\n"
     "             [--export-weights WEIGHTS] [--metrics-out FILE] [--no-progress]\n"
-    "             [--checkpoint-dir DIR] [--resume]\n";
+    "             [--checkpoint-dir DIR] [--resume] [--coordinator ADDR] [--run-id ID]\n"
+    "             [--generation N] [--token-file F]\n"
+    "  (environment: SYNCBN_COORDINATOR, SYNCBN_RUN_ID, SYNCBN_GENERATION,\n"
+    "   SYNCBN_COORDINATOR_TOKEN_FILE)\n";
 
 struct TrainArgs {
   std::string config;
+  std::string coordinator;  // --coordinator, else $SYNCBN_COORDINATOR
+  std::string token_file;   // --token-file, else $SYNCBN_COORDINATOR_TOKEN_FILE
   std::vector<std::string> overrides;
   syncbn::train::TrainOptions options;
 };
@@ -54,6 +62,19 @@ TrainArgs parse_train_args(int argc, char** argv) {
       args.options.export_weights = value();
     } else if (flag == "--metrics-out") {
       args.options.metrics_out = value();
+    } else if (flag == "--coordinator") {
+      args.coordinator = value();
+    } else if (flag == "--run-id") {
+      args.options.run_id = value();
+    } else if (flag == "--generation") {
+      const std::string g = value();
+      try {
+        args.options.generation = std::stoll(g);
+      } catch (const std::exception&) {
+        throw syncbn::Error("--generation expects an integer, got '" + g + "'");
+      }
+    } else if (flag == "--token-file") {
+      args.token_file = value();
     } else if (flag == "--resume") {
       args.options.resume = true;
     } else if (flag == "--checkpoint-dir") {
@@ -65,7 +86,28 @@ TrainArgs parse_train_args(int argc, char** argv) {
     }
   }
   SYNCBN_REQUIRE(!args.config.empty(), "syncbn train needs --config FILE\n", kUsage);
+  auto from_env = [](std::string& field, const char* name) {
+    const char* v = std::getenv(name);
+    if (field.empty() && v != nullptr) field = v;
+  };
+  from_env(args.coordinator, "SYNCBN_COORDINATOR");
+  from_env(args.token_file, "SYNCBN_COORDINATOR_TOKEN_FILE");
+  from_env(args.options.run_id, "SYNCBN_RUN_ID");
+  if (const char* g = std::getenv("SYNCBN_GENERATION"); g && args.options.generation == 0)
+    args.options.generation = std::atoll(g);
+  if (args.options.run_id.empty()) args.options.run_id = "default";
   return args;
+}
+
+// The token file's first line, without surrounding whitespace.
+std::string read_token(const std::string& path) {
+  std::ifstream in(path);
+  SYNCBN_REQUIRE(in.good(), "cannot read the token file '", path, "'");
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  SYNCBN_REQUIRE(!token.empty(), "the token file '", path, "' is empty");
+  return token;
 }
 
 // Every rank runs this; an error seen by any rank stops every rank with a non-zero exit and a
@@ -80,8 +122,19 @@ int train_command(int argc, char** argv) {
     syncbn::train::Config config;
     syncbn::train::agree(*world,
                          [&] { config = syncbn::train::load_config(args.config, args.overrides); });
+    TrainArgs run_args = args;
+    if (!args.coordinator.empty()) {
+      syncbn::coordinator::ClientOptions client_options;
+      client_options.address = args.coordinator;
+      syncbn::train::agree(*world, [&] {
+        if (!args.token_file.empty()) client_options.token = read_token(args.token_file);
+      });
+      run_args.options.coordinator = std::make_shared<syncbn::coordinator::Client>(client_options);
+      config = syncbn::train::join_run(*run_args.options.coordinator, args.options.run_id,
+                                       args.options.generation, config, *world);
+    }
     const syncbn::train::TrainResult result =
-        syncbn::train::run_training(config, *world, args.options);
+        syncbn::train::run_training(config, *world, run_args.options);
     if (rank == 0) {
       std::printf("final test accuracy %.2f%% (loss %.4f) after %lld steps\n",
                   100.0 * result.final_accuracy, result.final_loss,

@@ -178,6 +178,28 @@ struct TestHooks {
 
 }  // namespace
 
+Config join_run(coordinator::Client& client, const std::string& run_id, int64_t generation,
+                const Config& own, comm::Communicator& world) {
+  Config run = own;
+  agree(world, [&] {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    coordinator::JoinRequest request;
+    request.run_id = run_id;
+    request.rank = world.rank();
+    request.world_size = world.size();
+    request.generation = generation;
+    request.host = host;
+    request.pid = ::getpid();
+    request.config_yaml = to_yaml(own);
+    request.config_hash = config_hash(own);
+    request.keep_last = static_cast<int32_t>(own.checkpoint.keep_last);
+    const coordinator::JoinReply reply = client.join(request);
+    run = parse_config(reply.config_yaml, {}, "the run's config from the coordinator");
+  });
+  return run;
+}
+
 void agree(comm::Communicator& world, const std::function<void()>& body) {
   std::string error;
   try {
@@ -252,16 +274,26 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
 
   // Resume: rank 0 reads the newest valid checkpoint and sends it to every rank; each restores
   // it (the same bytes, so the same outcome everywhere).
-  const bool checkpointing = !config.checkpoint.dir.empty();
+  coordinator::Client* coord = options.coordinator.get();
+  const bool checkpointing = coord != nullptr || !config.checkpoint.dir.empty();
   SYNCBN_REQUIRE(!options.resume || checkpointing,
-                 "--resume needs a checkpoint directory (--checkpoint-dir or checkpoint.dir)");
+                 "--resume needs a coordinator (--coordinator) or a checkpoint directory "
+                 "(--checkpoint-dir or checkpoint.dir)");
   CheckpointDir checkpoints(config.checkpoint.dir, config.checkpoint.keep_last);
+  auto newest_checkpoint = [&](std::string* source) -> std::optional<std::vector<uint8_t>> {
+    if (coord == nullptr) return checkpoints.newest_valid(source);
+    std::optional<coordinator::Client::Checkpoint> c = coord->get_checkpoint(options.run_id);
+    if (!c) return std::nullopt;
+    *source = "checkpoint step " + std::to_string(c->meta.step) + " of run '" + options.run_id +
+              "' at " + coord->address();
+    return std::vector<uint8_t>(c->data.begin(), c->data.end());
+  };
   int64_t start_step = 0;
   if (options.resume) {
     std::vector<uint8_t> payload;
     std::string source;
     agree(world, [&] {
-      if (world.rank() == 0) payload = checkpoints.newest_valid(&source).value_or(payload);
+      if (world.rank() == 0) payload = newest_checkpoint(&source).value_or(payload);
     });
     int64_t size = static_cast<int64_t>(payload.size());
     world.broadcast(&size, 1, 0);
@@ -282,10 +314,32 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   result.resumed_from = start_step;
   auto save_checkpoint = [&](int64_t step) {
     agree(world, [&] {
-      if (world.rank() == 0)
-        checkpoints.save(
-            step, encode_checkpoint(config, world.size(), step, steps_per_epoch, model, sgd));
+      if (world.rank() != 0) return;
+      const std::vector<uint8_t> payload =
+          encode_checkpoint(config, world.size(), step, steps_per_epoch, model, sgd);
+      if (coord == nullptr) {
+        checkpoints.save(step, payload);
+        return;
+      }
+      coordinator::CheckpointMeta meta;
+      meta.run_id = options.run_id;
+      meta.step = step;
+      meta.generation = options.generation;
+      meta.config_hash = config_hash(config);
+      meta.world_size = world.size();
+      meta.format_version = kCheckpointFormatVersion;
+      coord->put_checkpoint(
+          std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()), meta);
     });
+  };
+  // Progress heartbeats (a rank that is alive but stuck shows as one whose step stops moving),
+  // at most about once a second; failures to reach the coordinator are retried by the client
+  // and become an error once it has been gone too long.
+  Clock::time_point last_heartbeat{};
+  auto heartbeat = [&](int64_t step) {
+    if (coord == nullptr || Clock::now() - last_heartbeat < std::chrono::seconds(1)) return;
+    coord->heartbeat({options.run_id, world.rank(), options.generation, step});
+    last_heartbeat = Clock::now();
   };
 
   Reporter reporter(world.rank() == 0, options.metrics_out, options.progress, total_steps);
@@ -332,6 +386,14 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
       loss /= static_cast<double>(batch.global_batch_size);
       const double seconds = std::chrono::duration<double>(Clock::now() - window_start).count();
       reporter.train(step, epoch, loss, lr, window_images / std::max(seconds, 1e-9));
+      if (coord != nullptr && world.rank() == 0) {
+        coordinator::MetricsReport report;
+        report.run_id = options.run_id;
+        report.generation = options.generation;
+        report.step = step;
+        report.values = {{"loss", loss}, {"lr", lr}};
+        coord->report_metrics(report);
+      }
       window_images = 0;
       window_start = Clock::now();
     }
@@ -348,6 +410,7 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
       if (local_bn) broadcast_buffers(model, world);
       save_checkpoint(step);
     }
+    heartbeat(step);
     if (step == hooks.kill_step && world.rank() == hooks.kill_rank) ::raise(SIGKILL);
   }
   if (!evaluated_last) run_eval(total_steps, (total_steps - 1) / steps_per_epoch);
