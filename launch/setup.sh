@@ -16,7 +16,7 @@ packages=(
   openmpi-bin libopenmpi-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libyaml-cpp-dev libsqlite3-dev libopenblas-dev libopenblas-openmp-dev zlib1g-dev
-  python3-torch python3-numpy dataset-fashion-mnist
+  python3-torch python3-numpy python3-grpcio dataset-fashion-mnist
   iproute2 shellcheck clang-format
 )
 

@@ -496,5 +496,66 @@ TEST(ClientRetryTest, RetriesUntilTheCoordinatorComesUp) {
   starter.join();
 }
 
+// TLS and client certificates, with a throwaway CA made by the openssl CLI.
+class TlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::system("command -v openssl >/dev/null 2>&1") != 0) GTEST_SKIP() << "no openssl";
+    std::ofstream(dir_.sub("san.ext")) << "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
+    const std::string d = dir_.path();
+    const std::string key = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ";
+    const std::string script =
+        "cd " + d + " && openssl req -x509" + key +
+        "-keyout ca.key -out ca.pem -days 1 -subj /CN=syncbn-test-ca && "
+        "openssl req" +
+        key +
+        "-keyout server.key -out server.csr -subj /CN=localhost && "
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out server.pem -days 1 -extfile san.ext && "
+        "openssl req" +
+        key +
+        "-keyout client.key -out client.csr -subj /CN=rank && "
+        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out client.pem -days 1";
+    ASSERT_EQ(std::system(("(" + script + ") >/dev/null 2>&1").c_str()), 0) << script;
+  }
+  std::unique_ptr<CoordinatorServer> start(bool client_ca) {
+    ServerOptions options;
+    options.state_dir = dir_.sub(client_ca ? "state-mtls" : "state-tls");
+    options.tls_cert_file = dir_.sub("server.pem");
+    options.tls_key_file = dir_.sub("server.key");
+    if (client_ca) options.tls_client_ca_file = dir_.sub("ca.pem");
+    options.log = [](const std::string&) {};
+    return std::make_unique<CoordinatorServer>(options);
+  }
+  Code status_code(const std::string& address, bool tls, bool client_cert) {
+    ClientOptions options;
+    options.address = address;
+    options.unavailable_limit = std::chrono::milliseconds(500);
+    options.initial_backoff = std::chrono::milliseconds(50);
+    if (tls) options.tls_root_certs_file = dir_.sub("ca.pem");
+    if (client_cert) {
+      options.tls_cert_file = dir_.sub("client.pem");
+      options.tls_key_file = dir_.sub("client.key");
+    }
+    try {
+      Client(options).get_run_status();
+      return Code::kOk;
+    } catch (const ClientError& e) {
+      return e.code();
+    }
+  }
+  ScratchDir dir_;
+};
+
+TEST_F(TlsTest, ServesTlsAndRequiresClientCertificatesWhenAsked) {
+  auto tls = start(false);
+  EXPECT_EQ(status_code(tls->address(), true, false), Code::kOk);
+  EXPECT_EQ(status_code(tls->address(), false, false), Code::kUnavailable);  // plaintext
+  auto mtls = start(true);
+  EXPECT_EQ(status_code(mtls->address(), true, true), Code::kOk);
+  EXPECT_EQ(status_code(mtls->address(), true, false), Code::kUnavailable);
+}
+
 }  // namespace
 }  // namespace syncbn::coordinator
