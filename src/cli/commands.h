@@ -12,3 +12,6 @@ int coordinator_command(int argc, char** argv);
 // `syncbn status --coordinator ADDR [--run ID] [--token-file F] [--tls-ca F]`
 // (ADDR defaults to $SYNCBN_COORDINATOR): runs, ranks, heartbeats, checkpoints, metrics.
 int status_command(int argc, char** argv);
+
+// `syncbn ckpt list|inspect|export`: checkpoints from the coordinator or a file (ckpt_command.cc).
+int ckpt_command(int argc, char** argv);

@@ -25,6 +25,7 @@ constexpr const char* kUsage =
     "                 mpirun -np 4 syncbn train --config configs/fashion_mnist.yaml\n"
     "  coordinator  the gRPC coordinator: syncbn coordinator --state-dir DIR [--listen ADDR]\n"
     "  status       a coordinator's runs: syncbn status --coordinator ADDR [--run ID]\n"
+    "  ckpt         checkpoints: syncbn ckpt list|inspect|export (see syncbn ckpt)\n"
     "  model        print the configured model as a PyTorch expression:\n"
     "                 syncbn model --config FILE [--set key=value ...] --torch\n"
     "  version      print the version\n"
@@ -208,6 +209,7 @@ int main(int argc, char** argv) {
   if (command == "model") return model_command(argc, argv);
   if (command == "coordinator") return coordinator_command(argc, argv);
   if (command == "status") return status_command(argc, argv);
+  if (command == "ckpt") return ckpt_command(argc, argv);
   std::fprintf(stderr,
                "syncbn: unknown command '%s'; expected one of: train, coordinator, status, model, "
                "version\n%s",

@@ -323,6 +323,18 @@ def coordinator(binary, out):
             sys.exit(f"coordinator: resume through the coordinator differs:\n{resumed.stdout}")
         print("coordinator: killed at step 10, resumed generation 1 from the coordinator's step 8:"
               " weights byte-identical to the uninterrupted run")
+        exported = os.path.join(out, "from_ckpt.safetensors")
+        subprocess.run([binary, "ckpt", "export", "--coordinator", address, "--run", "e2e",
+                        "--out", exported], check=True, capture_output=True, timeout=60)
+        listing = subprocess.run([binary, "ckpt", "list", "--coordinator", address, "--run",
+                                  "e2e"], check=True, capture_output=True, text=True).stdout
+        if not same_bytes(exported, wr) or not listing.splitlines()[1].startswith("24 "):
+            sys.exit(f"coordinator: ckpt export/list disagree with the run:\n{listing}")
+        missing = subprocess.run([binary, "ckpt", "inspect", "--file", "/nonexistent.ckpt"],
+                                 capture_output=True, text=True)
+        if missing.returncode == 0 or "cannot read the checkpoint file" not in missing.stderr:
+            sys.exit(f"coordinator: ckpt inspect of a missing file: {missing.stderr}")
+        print("coordinator: ckpt list shows step 24 newest; ckpt export equals the exported weights")
         _, _, stale = train(binary, 2, out, "coord_stale", base, run + ["--generation", "0"],
                             check=False, timeout=120)
         if stale.returncode == 0 or "generation" not in stale.stderr:
