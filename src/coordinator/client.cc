@@ -232,7 +232,10 @@ std::optional<Client::Checkpoint> Client::get_checkpoint(const std::string& run_
               problem = str_cat("implausible checkpoint size ", checkpoint.meta.size_bytes);
               continue;
             }
-            checkpoint.data.reserve(static_cast<size_t>(checkpoint.meta.size_bytes));
+            // Reserve up to 256 MiB up front; a larger one grows as chunks arrive (the size
+            // comes from the peer and is not trusted with a huge allocation).
+            checkpoint.data.reserve(static_cast<size_t>(
+                std::min<int64_t>(checkpoint.meta.size_bytes, int64_t{256} << 20)));
             have_info = true;
           } else if (message.has_chunk() && have_info) {
             const v1::CheckpointChunk& chunk = message.chunk();

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -372,6 +373,49 @@ TEST_F(ServerTest, HostileRequestsGetStatedStatusesAndTheServerKeepsServing) {
   // After all that, a well-formed upload of the same step still commits.
   EXPECT_TRUE(put_raw({chunk(0, a), chunk(1000, b), commit(11, data)}).ok());
   expect_serving_with({11, 10}, "final");
+}
+
+TEST_F(ServerTest, ConcurrentClientsOfSeveralRuns) {
+  constexpr int kThreads = 4, kSteps = 5;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        Client client(client_options());
+        const std::string run_id = "run" + std::to_string(t);
+        JoinRequest join;
+        join.run_id = run_id;
+        join.world_size = 1;
+        join.generation = 1;
+        join.config_yaml = "x: 1\n";
+        join.config_hash = kHash;
+        join.keep_last = 2;
+        client.join(join);
+        for (int step = 1; step <= kSteps; ++step) {
+          CheckpointMeta m = meta(step, 1);
+          m.run_id = run_id;
+          m.world_size = 1;
+          const std::string data = random_bytes(100000 + step, t * 100 + step);
+          client.put_checkpoint(data, m);
+          client.heartbeat({run_id, 0, 1, step});
+          if (client.get_checkpoint(run_id)->data != data) ++failures;
+        }
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+        ++failures;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (int t = 0; t < kThreads; ++t) {
+    const auto list = client_->list_checkpoints("run" + std::to_string(t));
+    ASSERT_EQ(list.size(), 2u);
+    EXPECT_EQ(list[0].step, kSteps);
+  }
+  EXPECT_EQ(client_->get_run_status().size(), kThreads + 1u);
+  EXPECT_TRUE(listing(dir_.sub("state/tmp")).empty());
 }
 
 TEST_F(ServerTest, HealthCheckNeedsNoToken) {
