@@ -6,11 +6,14 @@
 //   server.wait();  // until shutdown() from another thread
 //
 // Security: a listen address that is not loopback (127.0.0.0/8, ::1, localhost, unix:) needs a
-// token file (mode 0600); with one, every RPC but the gRPC health service needs
-// `authorization: Bearer <token>`. TLS with --tls-cert/--tls-key, and client certificates with
+// token file (mode 0600); with one, every RPC of syncbn.v1.Coordinator needs
+// `authorization: Bearer <token>`, checked in constant time. gRPC health checking
+// (grpc.health.v1.Health) and server reflection are on and need no token: they are gRPC's own
+// services, which this version of gRPC gives no hook to authorize on an insecure channel, and
+// reveal only liveness and the schema that is in the repository. TLS with
+// --tls-cert/--tls-key, and client certificates (which do cover every service) with
 // --tls-client-ca. Messages are bounded by 4 MiB both ways; SO_REUSEPORT is off, so a second
-// coordinator on the same port fails to start instead of sharing it. gRPC health checking
-// (grpc.health.v1.Health) and server reflection are on.
+// coordinator on the same port fails to start instead of sharing it.
 #pragma once
 
 #include <cstdint>
