@@ -11,32 +11,14 @@
 #include <string>
 #include <vector>
 
+#include "../common/test_util.h"
 #include "coordinator/checkpoint_store.h"
 #include "coordinator/crc32c.h"
 #include "coordinator/status.h"
 
 namespace syncbn::coordinator::testing {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "syncbn-coord-XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  std::string path() const { return path_.string(); }
-  std::string sub(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using syncbn::testing::ScratchDir;
 
 inline std::string random_bytes(size_t size, uint64_t seed) {
   std::mt19937_64 random(seed);

@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "../common/test_util.h"
 #include "core/error.h"
 #include "norm/norm.h"
 
@@ -15,18 +16,7 @@ namespace {
 using norm::BatchNormState;
 using norm::NormSaved;
 
-// Runs fn, expects a syncbn::Error whose message contains every fragment.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a syncbn::Error";
-  } catch (const Error& e) {
-    for (const std::string& f : fragments)
-      EXPECT_NE(std::string(e.what()).find(f), std::string::npos)
-          << "message '" << e.what() << "' lacks '" << f << "'";
-  }
-}
+using testing::expect_error;
 
 Tensor filled(std::vector<int64_t> shape, float v,
               MemoryFormat format = MemoryFormat::kContiguous) {
