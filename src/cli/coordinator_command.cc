@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/json.h"
 #include "cli/commands.h"
 #include "coordinator/client.h"
 #include "coordinator/server.h"
@@ -34,8 +35,10 @@ constexpr const char* kCoordinatorUsage =
     "  --keep-last K      checkpoints kept per run unless the run asks otherwise (default 3)\n";
 
 constexpr const char* kStatusUsage =
-    "usage: syncbn status [--coordinator ADDR] [--run ID] [--token-file FILE] [--tls-ca PEM]\n"
-    "  ADDR defaults to $SYNCBN_COORDINATOR\n";
+    "usage: syncbn status [--coordinator ADDR] [--run ID] [--json] [--token-file FILE]\n"
+    "                     [--tls-ca PEM]\n"
+    "  ADDR defaults to $SYNCBN_COORDINATOR; --json prints one JSON object per run and line\n"
+    "  (what launch/run.sh reads to find stuck ranks)\n";
 
 // Walks argv from index 2: `flag` is the current option, value() consumes its argument.
 class Args {
@@ -120,6 +123,26 @@ std::string age(int64_t ms) {
 
 // A heartbeat older than this marks the rank as possibly dead or stuck in `syncbn status`.
 constexpr int64_t kStaleHeartbeatMs = 60'000;
+
+// One line of JSON per run: the fields of print_run, for scripts (launch/run.sh).
+void print_run_json(const coord::RunStatus& run) {
+  namespace json = syncbn::ckpt::json;
+  std::string line =
+      syncbn::str_cat("{\"run_id\":", json::quote(run.run_id), ",\"generation\":", run.generation,
+                      ",\"world_size\":", run.world_size, ",\"config_hash\":\"",
+                      hex64(run.config_hash), "\",\"ranks\":[");
+  for (size_t i = 0; i < run.ranks.size(); ++i) {
+    const auto& r = run.ranks[i];
+    line += syncbn::str_cat(i ? "," : "", "{\"rank\":", r.rank, ",\"host\":", json::quote(r.host),
+                            ",\"pid\":", r.pid, ",\"generation\":", r.generation,
+                            ",\"step\":", r.last_step, ",\"heartbeat_age_ms\":", r.heartbeat_age_ms,
+                            "}");
+  }
+  line += "],\"newest_checkpoint_step\":";
+  line += run.newest_checkpoint ? std::to_string(run.newest_checkpoint->step) : "null";
+  line += syncbn::str_cat(",\"checkpoint_count\":", run.checkpoint_count, "}");
+  std::printf("%s\n", line.c_str());
+}
 
 void print_run(const coord::RunStatus& run) {
   std::printf("run %s: generation %" PRId64 ", world size %d, config hash %s, keeps %d\n",
@@ -234,6 +257,7 @@ int status_command(int argc, char** argv) {
   try {
     coord::ClientOptions options;
     std::string run_id;
+    bool as_json = false;
     if (const char* env = std::getenv("SYNCBN_COORDINATOR")) options.address = env;
     Args args(argc, argv, kStatusUsage);
     while (args.next()) {
@@ -242,6 +266,8 @@ int status_command(int argc, char** argv) {
         options.address = args.value();
       } else if (flag == "--run") {
         run_id = args.value();
+      } else if (flag == "--json") {
+        as_json = true;
       } else if (flag == "--token-file") {
         options.token = coord::read_token_file(args.value());
       } else if (flag == "--tls-ca") {
@@ -262,6 +288,10 @@ int status_command(int argc, char** argv) {
     options.unavailable_limit = std::chrono::seconds(3);
     coord::Client client(options);
     const auto runs = client.get_run_status(run_id);
+    if (as_json) {
+      for (const auto& run : runs) print_run_json(run);
+      return 0;
+    }
     std::printf("coordinator %s: %zu run%s\n", options.address.c_str(), runs.size(),
                 runs.size() == 1 ? "" : "s");
     for (const auto& run : runs) print_run(run);

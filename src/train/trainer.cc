@@ -156,11 +156,16 @@ class Reporter {
 // Test hooks, read from the environment (tests/train/e2e.py uses them):
 //   SYNCBN_TEST_KILL_AT_STEP=N:R  rank R sends itself SIGKILL right after step N (and its
 //                                 checkpoint, if one is due): a rank dying mid-run.
+//   SYNCBN_TEST_HANG_AT_STEP=N:R  rank R stops making progress after step N (alive, sleeping
+//                                 forever; the others then wait in the next collective): a
+//                                 stuck rank, for the supervisor's stall detection.
 //   SYNCBN_TEST_FORGET_POSITION=1 a resume restores the weights but restarts the data order
 //                                 from the beginning: the negative control of the resume test.
 struct TestHooks {
   int64_t kill_step = -1;
   int kill_rank = -1;
+  int64_t hang_step = -1;
+  int hang_rank = -1;
   bool forget_position = false;
 
   static TestHooks from_env() {
@@ -169,6 +174,11 @@ struct TestHooks {
       long long step = -1;
       int rank = -1;
       if (std::sscanf(kill, "%lld:%d", &step, &rank) == 2) h.kill_step = step, h.kill_rank = rank;
+    }
+    if (const char* hang = std::getenv("SYNCBN_TEST_HANG_AT_STEP")) {
+      long long step = -1;
+      int rank = -1;
+      if (std::sscanf(hang, "%lld:%d", &step, &rank) == 2) h.hang_step = step, h.hang_rank = rank;
     }
     const char* forget = std::getenv("SYNCBN_TEST_FORGET_POSITION");
     h.forget_position = forget != nullptr && std::string(forget) == "1";
@@ -412,6 +422,9 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
     }
     heartbeat(step);
     if (step == hooks.kill_step && world.rank() == hooks.kill_rank) ::raise(SIGKILL);
+    if (step == hooks.hang_step && world.rank() == hooks.hang_rank) {
+      for (;;) ::pause();
+    }
   }
   if (!evaluated_last) run_eval(total_steps, (total_steps - 1) / steps_per_epoch);
   if (local_bn) broadcast_buffers(model, world);
