@@ -15,3 +15,7 @@ int status_command(int argc, char** argv);
 
 // `syncbn ckpt list|inspect|export`: checkpoints from the coordinator or a file (ckpt_command.cc).
 int ckpt_command(int argc, char** argv);
+
+// `syncbn study --config FILE --out DIR [--dry-run] [--mpirun PATH]`: the batch-size study
+// (study_command.cc, train/study.h).
+int study_command(int argc, char** argv);

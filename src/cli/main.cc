@@ -26,6 +26,7 @@ constexpr const char* kUsage =
     "  coordinator  the gRPC coordinator: syncbn coordinator --state-dir DIR [--listen ADDR]\n"
     "  status       a coordinator's runs: syncbn status --coordinator ADDR [--run ID]\n"
     "  ckpt         checkpoints: syncbn ckpt list|inspect|export (see syncbn ckpt)\n"
+    "  study        the batch-size study: syncbn study --config FILE --out DIR\n"
     "  model        print the configured model as a PyTorch expression:\n"
     "                 syncbn model --config FILE [--set key=value ...] --torch\n"
     "  version      print the version\n"
@@ -210,9 +211,10 @@ int main(int argc, char** argv) {
   if (command == "coordinator") return coordinator_command(argc, argv);
   if (command == "status") return status_command(argc, argv);
   if (command == "ckpt") return ckpt_command(argc, argv);
+  if (command == "study") return study_command(argc, argv);
   std::fprintf(stderr,
-               "syncbn: unknown command '%s'; expected one of: train, coordinator, status, model, "
-               "version\n%s",
+               "syncbn: unknown command '%s'; expected one of: train, coordinator, status, ckpt, "
+               "study, model, version\n%s",
                command.c_str(), kUsage);
   return 2;
 }

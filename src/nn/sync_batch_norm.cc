@@ -1,6 +1,7 @@
 #include "nn/sync_batch_norm.h"
 
 #include <bit>
+#include <chrono>
 #include <cmath>
 
 #include "core/error.h"
@@ -35,6 +36,10 @@ double encode_count(int64_t count, uint64_t tag, const TagLayout& layout) {
   for (int j = 0; j < layout.fields; ++j)
     slot += ((tag >> j) & 1u) << (kCountBits + j * layout.width);
   return static_cast<double>(slot);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace
@@ -106,7 +111,9 @@ Tensor SyncBatchNorm::forward(const Tensor& x, bool training) {
   SYNCBN_REQUIRE(g.count() < (int64_t{1} << kCountBits) / group_->size(), "SyncBatchNorm '", name_,
                  "': ", g.count(), " values per channel on one rank is too many");
   payload[0] = encode_count(g.count(), tag, layout);
+  const auto comm_start = std::chrono::steady_clock::now();
   group_->allreduce_sum(payload.data(), static_cast<int64_t>(payload.size()));
+  counters_.comm_seconds += seconds_since(comm_start);
   ++counters_.forward_collectives;
   counters_.forward_bytes += static_cast<int64_t>(payload.size() * sizeof(double));
   ++calls_;
@@ -179,7 +186,9 @@ Tensor SyncBatchNorm::backward(const Tensor& dy) {
                             weight, nullptr, nullptr, saved_.count, dx.data());
     return dx;
   }
+  const auto comm_start = std::chrono::steady_clock::now();
   group_->allreduce_sum(payload.data(), static_cast<int64_t>(payload.size()));
+  counters_.comm_seconds += seconds_since(comm_start);
   ++counters_.backward_collectives;
   counters_.backward_bytes += static_cast<int64_t>(payload.size() * sizeof(double));
 

@@ -47,6 +47,9 @@ struct SyncBnCounters {
   int64_t backward_collectives = 0;
   int64_t forward_bytes = 0;  // payload bytes per rank
   int64_t backward_bytes = 0;
+  // Wall time spent inside the two allreduces, waiting for slower ranks included: what SyncBN
+  // costs over local BN at the collectives (the batch-size study reports it per step).
+  double comm_seconds = 0;
 };
 
 class SyncBatchNorm {

@@ -93,14 +93,17 @@ class Reporter {
     }
   }
 
-  void train(int64_t step, int64_t epoch, double loss, double lr, double images_per_s) {
+  // sync_bn_comm_ms: rank 0's time inside SyncBN allreduces per step over the window (0 without
+  // SyncBN layers); like images_per_s, a timing that differs between identical runs.
+  void train(int64_t step, int64_t epoch, double loss, double lr, double images_per_s,
+             double sync_bn_comm_ms) {
     if (!active_) return;
-    char line[256];
+    char line[320];
     std::snprintf(line, sizeof(line),
                   "{\"kind\":\"train\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"lr\":%.9g,"
-                  "\"images_per_s\":%.1f}",
+                  "\"images_per_s\":%.1f,\"sync_bn_comm_ms\":%.4f}",
                   static_cast<long long>(step), static_cast<long long>(epoch), loss, lr,
-                  images_per_s);
+                  images_per_s, sync_bn_comm_ms);
     write(line);
     if (!progress_) return;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
@@ -364,6 +367,15 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
 
   double window_images = 0;
   Clock::time_point window_start = Clock::now();
+  auto sync_bn_comm_seconds = [&model] {
+    double seconds = 0;
+    for (size_t i = 0; i < model.size(); ++i)
+      if (auto* bn = dynamic_cast<nn::SyncBatchNormLayer*>(&model.layer(i)))
+        seconds += bn->impl().counters().comm_seconds;
+    return seconds;
+  };
+  double window_comm_start = 0;
+  int64_t window_steps = 0;
   bool evaluated_last = false;
   const TestHooks hooks = TestHooks::from_env();
   for (int64_t step = start_step + 1; step <= total_steps; ++step) {
@@ -389,13 +401,16 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
     reducer.finish();
     sgd.step(lr);
     window_images += static_cast<double>(batch.global_batch_size);
+    ++window_steps;
 
     if (step % config.train.log_every == 0 || step == total_steps) {
       double loss = loss_sum;
       world.allreduce_sum(&loss, 1);
       loss /= static_cast<double>(batch.global_batch_size);
       const double seconds = std::chrono::duration<double>(Clock::now() - window_start).count();
-      reporter.train(step, epoch, loss, lr, window_images / std::max(seconds, 1e-9));
+      const double comm_seconds = sync_bn_comm_seconds();
+      reporter.train(step, epoch, loss, lr, window_images / std::max(seconds, 1e-9),
+                     1e3 * (comm_seconds - window_comm_start) / static_cast<double>(window_steps));
       if (coord != nullptr && world.rank() == 0) {
         coordinator::MetricsReport report;
         report.run_id = options.run_id;
@@ -406,6 +421,8 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
       }
       window_images = 0;
       window_start = Clock::now();
+      window_comm_start = comm_seconds;
+      window_steps = 0;
     }
     evaluated_last = false;
     const bool epoch_end = in_epoch == steps_per_epoch - 1;
