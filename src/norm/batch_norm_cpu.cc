@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "norm/kernels.h"
+#include "norm/norm_math.h"
 #include "norm/parallel.h"
 
 namespace syncbn::norm {
@@ -220,20 +221,16 @@ void bn_stats(const float* x, const BnGeometry& g, double* sum, double* sumsq) {
 void bn_gather_stats(int64_t channels, int64_t count, const double* sum, const double* sumsq,
                      double* mean, double* var) {
   const double inv_n = 1.0 / static_cast<double>(count);
-  for (int64_t c = 0; c < channels; ++c) {
-    const double m = sum[c] * inv_n;
-    // Rounding can leave a tiny negative value for constant channels.
-    mean[c] = m;
-    var[c] = std::max(0.0, sumsq[c] * inv_n - m * m);
-  }
+  for (int64_t c = 0; c < channels; ++c)
+    math::bn_mean_var(sum[c], sumsq[c], inv_n, mean[c], var[c]);
 }
 
 void bn_update_running(int64_t channels, int64_t count, double factor, const double* mean,
                        const double* var, float* running_mean, float* running_var) {
   const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
   for (int64_t c = 0; c < channels; ++c) {
-    running_mean[c] = static_cast<float>((1.0 - factor) * running_mean[c] + factor * mean[c]);
-    running_var[c] = static_cast<float>((1.0 - factor) * running_var[c] + factor * var[c] * unbias);
+    running_mean[c] = math::running_update(running_mean[c], mean[c], factor);
+    running_var[c] = math::running_update(running_var[c], var[c], factor, unbias);
   }
 }
 
@@ -244,8 +241,8 @@ void bn_elemt(const float* x, const BnGeometry& g, const float* mean, const floa
   // result accurate when |mean| ≫ std.
   std::vector<float> scale(C), shift(C);
   for (int64_t c = 0; c < C; ++c) {
-    scale[c] = invstd[c] * (weight ? weight[c] : 1.0f);
-    shift[c] = bias ? bias[c] : 0.0f;
+    scale[c] = math::bn_scale(invstd[c], weight, c);
+    shift[c] = math::bn_shift(bias, c);
   }
   const int parts = thread_count_for(g.n * g.c * g.s);
 #pragma omp parallel num_threads(parts)
@@ -259,13 +256,13 @@ void bn_elemt(const float* x, const BnGeometry& g, const float* mean, const floa
         const float* xr = x + row * C;
         float* yr = y + row * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean[c]) * sc[c] + sh[c];
+        for (int64_t c = 0; c < C; ++c) yr[c] = math::bn_normalize(xr[c], mean[c], sc[c], sh[c]);
       }
     } else {
       for_each_run(g, part, parts, [&](int64_t c, int64_t begin, int64_t end) {
         const float m = mean[c], a = scale[c], b = shift[c];
 #pragma omp simd
-        for (int64_t i = begin; i < end; ++i) y[i] = (x[i] - m) * a + b;
+        for (int64_t i = begin; i < end; ++i) y[i] = math::bn_normalize(x[i], m, a, b);
       });
     }
   }
@@ -295,12 +292,9 @@ void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, con
   // k = invstd²·sum_dy_xmu/n, scale = γ·invstd. Eval mode: mean_dy = k = 0.
   std::vector<float> mean_dy(C, 0.0f), k(C, 0.0f), scale(C);
   for (int64_t c = 0; c < C; ++c) {
-    const double is = invstd[c];
-    if (sum_dy != nullptr) {
-      mean_dy[c] = static_cast<float>(sum_dy[c] / static_cast<double>(count));
-      k[c] = static_cast<float>(is * is * sum_dy_xmu[c] / static_cast<double>(count));
-    }
-    scale[c] = static_cast<float>(is * (weight ? weight[c] : 1.0f));
+    const math::BnBackwardCoef coef = math::bn_backward_coef(
+        invstd[c], weight, c, sum_dy, sum_dy_xmu, static_cast<double>(count));
+    mean_dy[c] = coef.mean_dy, k[c] = coef.k, scale[c] = coef.scale;
   }
   const int parts = thread_count_for(g.n * g.c * g.s);
 #pragma omp parallel num_threads(parts)
@@ -315,13 +309,15 @@ void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, con
         float* dxr = dx + row * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c)
-          dxr[c] = (dyr[c] - md[c] - (xr[c] - mean[c]) * kk[c]) * sc[c];
+          dxr[c] = math::bn_backward_element(dyr[c], xr[c], mean[c], {md[c], kk[c], sc[c]});
       }
     } else {
       for_each_run(g, part, parts, [&](int64_t c, int64_t begin, int64_t end) {
-        const float m = mean[c], md = mean_dy[c], kc = k[c], sc = scale[c];
+        const float m = mean[c];
+        const math::BnBackwardCoef coef{mean_dy[c], k[c], scale[c]};
 #pragma omp simd
-        for (int64_t i = begin; i < end; ++i) dx[i] = (dy[i] - md - (x[i] - m) * kc) * sc;
+        for (int64_t i = begin; i < end; ++i)
+          dx[i] = math::bn_backward_element(dy[i], x[i], m, coef);
       });
     }
   }

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "norm/kernels.h"
+#include "norm/norm_math.h"
 #include "norm/parallel.h"
 
 namespace syncbn::norm {
@@ -108,10 +109,10 @@ void gn_stats(const float* x, const BnGeometry& g, int64_t groups, double eps, f
         s += sum[n * C + c];
         ss += sumsq[n * C + c];
       }
-      const double m = s * inv_d;
-      const double v = std::max(0.0, ss * inv_d - m * m);
+      double m, v;
+      math::bn_mean_var(s, ss, inv_d, m, v);
       mean[n * groups + grp] = static_cast<float>(m);
-      invstd[n * groups + grp] = static_cast<float>(1.0 / std::sqrt(v + eps));
+      invstd[n * groups + grp] = math::bn_invstd(v, eps);
       if (var) var[n * groups + grp] = v;
     }
   }
@@ -167,10 +168,9 @@ void gn_backward(const float* dy, const float* x, const BnGeometry& g, int64_t g
       const double sigma = invstd[ng];
       for (int64_t c = grp * cpg; c < (grp + 1) * cpg; ++c) {
         const double w = weight ? weight[c] : 1.0;
+        const math::GnBackwardCoef coef = math::gn_backward_coef(sigma, w, A, B, D);
         m[n * C + c] = mean[ng];
-        p[n * C + c] = static_cast<float>(sigma * w);
-        q[n * C + c] = static_cast<float>(-sigma * sigma * sigma * B / D);
-        r[n * C + c] = static_cast<float>(-sigma * A / D);
+        p[n * C + c] = coef.p, q[n * C + c] = coef.q, r[n * C + c] = coef.r;
       }
     }
   for_each_element(
