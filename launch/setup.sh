@@ -18,6 +18,7 @@ packages=(
   libyaml-cpp-dev libsqlite3-dev libopenblas-dev libopenblas-openmp-dev zlib1g-dev
   python3-torch python3-numpy python3-grpcio dataset-fashion-mnist
   iproute2 shellcheck clang-format
+  librsvg2-dev fonts-dejavu-core
 )
 
 missing=()

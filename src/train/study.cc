@@ -118,8 +118,12 @@ std::vector<T> scalar_list(const YAML::Node& node, const std::string& source,
 
 void check_keys(const YAML::Node& node, const std::string& source, const std::string& where,
                 const std::vector<std::string>& allowed) {
+  std::set<std::string> seen;
   for (const auto& kv : node) {
     const std::string key = kv.first.as<std::string>();
+    // yaml-cpp keeps duplicate keys and answers lookups with the first: refuse them instead.
+    SYNCBN_REQUIRE(seen.insert(key).second, source, ": study key '",
+                   where.empty() ? key : where + "." + key, "' appears twice");
     SYNCBN_REQUIRE(std::find(allowed.begin(), allowed.end(), key) != allowed.end(), source,
                    ": unknown study key '", where.empty() ? key : where + "." + key,
                    "'; allowed keys", where.empty() ? "" : " in '" + where + "'", ": ",
