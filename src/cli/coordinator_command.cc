@@ -37,8 +37,9 @@ constexpr const char* kCoordinatorUsage =
 constexpr const char* kStatusUsage =
     "usage: syncbn status [--coordinator ADDR] [--run ID] [--json] [--token-file FILE]\n"
     "                     [--tls-ca PEM]\n"
-    "  ADDR defaults to $SYNCBN_COORDINATOR; --json prints one JSON object per run and line\n"
-    "  (what launch/run.sh reads to find stuck ranks)\n";
+    "  ADDR defaults to $SYNCBN_COORDINATOR, FILE to $SYNCBN_COORDINATOR_TOKEN_FILE;\n"
+    "  --json prints one JSON object per run and line (what launch/run.sh reads to find\n"
+    "  stuck ranks)\n";
 
 // Walks argv from index 2: `flag` is the current option, value() consumes its argument.
 class Args {
@@ -259,6 +260,8 @@ int status_command(int argc, char** argv) {
     std::string run_id;
     bool as_json = false;
     if (const char* env = std::getenv("SYNCBN_COORDINATOR")) options.address = env;
+    if (const char* env = std::getenv("SYNCBN_COORDINATOR_TOKEN_FILE"); env && *env)
+      options.token = coord::read_token_file(env);
     Args args(argc, argv, kStatusUsage);
     while (args.next()) {
       const std::string flag = args.flag();

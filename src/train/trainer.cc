@@ -156,14 +156,16 @@ class Reporter {
   std::ofstream metrics_;
 };
 
-// Test hooks, read from the environment (tests/train/e2e.py uses them):
-//   SYNCBN_TEST_KILL_AT_STEP=N:R  rank R sends itself SIGKILL right after step N (and its
-//                                 checkpoint, if one is due): a rank dying mid-run.
-//   SYNCBN_TEST_HANG_AT_STEP=N:R  rank R stops making progress after step N (alive, sleeping
-//                                 forever; the others then wait in the next collective): a
-//                                 stuck rank, for the supervisor's stall detection.
-//   SYNCBN_TEST_FORGET_POSITION=1 a resume restores the weights but restarts the data order
-//                                 from the beginning: the negative control of the resume test.
+// Test hooks, read from the environment (tests/train/e2e.py and tests/launch use them). A
+// trailing ":G" limits a hook to launch generation G (launch/run.sh restarts with G + 1):
+//   SYNCBN_TEST_KILL_AT_STEP=N:R[:G]  rank R sends itself SIGKILL right after step N (and its
+//                                     checkpoint, if one is due): a rank dying mid-run.
+//   SYNCBN_TEST_HANG_AT_STEP=N:R[:G]  rank R stops making progress after step N (alive, sleeping
+//                                     forever; the others then wait in the next collective): a
+//                                     stuck rank, for the supervisor's stall detection.
+//   SYNCBN_TEST_FORGET_POSITION=1     a resume restores the weights but restarts the data order
+//                                     from the beginning: the negative control of the resume
+//                                     test.
 struct TestHooks {
   int64_t kill_step = -1;
   int kill_rank = -1;
@@ -171,18 +173,19 @@ struct TestHooks {
   int hang_rank = -1;
   bool forget_position = false;
 
-  static TestHooks from_env() {
+  static TestHooks from_env(int64_t generation) {
     TestHooks h;
-    if (const char* kill = std::getenv("SYNCBN_TEST_KILL_AT_STEP")) {
-      long long step = -1;
+    // "N:R" or "N:R:G"; a hook for another generation stays off.
+    auto parse = [generation](const char* name, int64_t* step_out, int* rank_out) {
+      const char* spec = std::getenv(name);
+      if (spec == nullptr) return;
+      long long step = -1, gen = -1;
       int rank = -1;
-      if (std::sscanf(kill, "%lld:%d", &step, &rank) == 2) h.kill_step = step, h.kill_rank = rank;
-    }
-    if (const char* hang = std::getenv("SYNCBN_TEST_HANG_AT_STEP")) {
-      long long step = -1;
-      int rank = -1;
-      if (std::sscanf(hang, "%lld:%d", &step, &rank) == 2) h.hang_step = step, h.hang_rank = rank;
-    }
+      const int fields = std::sscanf(spec, "%lld:%d:%lld", &step, &rank, &gen);
+      if (fields == 2 || (fields == 3 && gen == generation)) *step_out = step, *rank_out = rank;
+    };
+    parse("SYNCBN_TEST_KILL_AT_STEP", &h.kill_step, &h.kill_rank);
+    parse("SYNCBN_TEST_HANG_AT_STEP", &h.hang_step, &h.hang_rank);
     const char* forget = std::getenv("SYNCBN_TEST_FORGET_POSITION");
     h.forget_position = forget != nullptr && std::string(forget) == "1";
     return h;
@@ -377,7 +380,7 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   double window_comm_start = 0;
   int64_t window_steps = 0;
   bool evaluated_last = false;
-  const TestHooks hooks = TestHooks::from_env();
+  const TestHooks hooks = TestHooks::from_env(options.generation);
   for (int64_t step = start_step + 1; step <= total_steps; ++step) {
     const int64_t epoch = (step - 1) / steps_per_epoch;
     const int64_t in_epoch = (step - 1) % steps_per_epoch;
