@@ -1,0 +1,210 @@
+#include "nn/sync_batch_norm_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "nn/sync_batch_norm_cuda_kernels.h"
+#include "norm/cuda/kernels_cuda.h"
+
+namespace syncbn::nn {
+namespace {
+
+namespace kernels = cuda_detail;
+
+[[noreturn]] void cuda_failed(const char* file, int line, const char* call, cudaError_t status) {
+  std::fprintf(stderr, "syncbn: %s:%d: %s failed: %s\n", file, line, call,
+               cudaGetErrorString(status));
+  std::fflush(stderr);
+  std::abort();
+}
+#define SYNCBN_LAYER_CUDA_CHECK(call)                                                          \
+  do {                                                                                         \
+    const cudaError_t syncbn_status_ = (call);                                                 \
+    if (syncbn_status_ != cudaSuccess) cuda_failed(__FILE__, __LINE__, #call, syncbn_status_); \
+  } while (0)
+
+cudaStream_t to_cuda(CUstream_st* stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+// The count slot, laid out exactly as nn/sync_batch_norm.cc does: the element count in the low
+// kCountBits bits, one field per tag bit above, each wide enough to hold the group size, so that
+// every field of the sum is 0 or R exactly when every rank sent the same tag.
+constexpr int kCountBits = 36;
+constexpr int kTagBits = 53 - kCountBits;
+
+uint64_t fnv1a(const std::string& text, uint64_t h = 1469598103934665603ull) {
+  for (unsigned char ch : text) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+
+kernels::SlotLayout slot_layout(int group_size) {
+  const int width = std::bit_width(static_cast<unsigned>(group_size));
+  return {kCountBits, width, std::min(16, kTagBits / width)};
+}
+
+double encode_count(int64_t count, uint64_t tag, const kernels::SlotLayout& layout) {
+  uint64_t slot = static_cast<uint64_t>(count);
+  for (int j = 0; j < layout.fields; ++j)
+    slot += ((tag >> j) & 1u) << (kCountBits + j * layout.width);
+  return static_cast<double>(slot);
+}
+
+// Starts no wait: drops the requests that have completed (test() is non-blocking).
+void drop_completed(std::vector<comm::Request>& pending) {
+  std::erase_if(pending, [](comm::Request& request) { return request.test(); });
+}
+
+}  // namespace
+
+SyncBatchNormCuda::SyncBatchNormCuda(const SyncBatchNormOptions& options, comm::Communicator* group,
+                                     std::string name)
+    : options_(options), group_(group), name_(std::move(name)) {
+  SYNCBN_CHECK(group_ != nullptr);
+  const int64_t C = options_.num_features;
+  SYNCBN_REQUIRE(C >= 1, "SyncBatchNorm '", name_, "': num_features must be >= 1, got ", C);
+  SYNCBN_REQUIRE(std::isfinite(options_.eps) && options_.eps > 0, "SyncBatchNorm '", name_,
+                 "': eps must be a positive finite number, got ", options_.eps);
+  SYNCBN_REQUIRE(!options_.momentum || (*options_.momentum >= 0 && *options_.momentum <= 1),
+                 "SyncBatchNorm '", name_, "': momentum must be in [0, 1] or None, got ",
+                 options_.momentum.value_or(0));
+  SYNCBN_REQUIRE(group_->memory_space() == comm::MemorySpace::kCudaDevice, "SyncBatchNorm '", name_,
+                 "' on CUDA needs a communicator with device buffers (nccl), got ",
+                 comm::to_string(group_->backend()));
+  stream_ = group_->cuda_stream();
+
+  // Float64 first (payloads, statistics, count), then float32 (parameters, buffers, gradients,
+  // saved statistics), then the status word.
+  const size_t doubles = static_cast<size_t>(6 * C + 2);
+  const size_t floats = static_cast<size_t>(8 * C);
+  const size_t bytes = doubles * sizeof(double) + floats * sizeof(float) + sizeof(unsigned);
+  SYNCBN_LAYER_CUDA_CHECK(cudaMalloc(&device_, bytes));
+  double* d = static_cast<double*>(device_);
+  forward_payload_ = d;
+  backward_payload_ = d + 2 * C + 1;
+  mean_ = d + 4 * C + 1;
+  var_ = d + 5 * C + 1;
+  count_ = d + 6 * C + 1;
+  float* f = reinterpret_cast<float*>(d + doubles);
+  if (options_.affine) {
+    weight_ = f, bias_ = f + C, grad_weight_ = f + 2 * C, grad_bias_ = f + 3 * C;
+  }
+  if (options_.track_running_stats) running_mean_ = f + 4 * C, running_var_ = f + 5 * C;
+  saved_mean_ = f + 6 * C;
+  saved_invstd_ = f + 7 * C;
+  status_device_ = reinterpret_cast<unsigned*>(f + floats);
+  SYNCBN_LAYER_CUDA_CHECK(cudaMemsetAsync(device_, 0, bytes, to_cuda(stream_)));
+  if (weight_ != nullptr) kernels::fill(weight_, C, 1.0f, stream_);
+  if (running_var_ != nullptr) kernels::fill(running_var_, C, 1.0f, stream_);
+  SYNCBN_LAYER_CUDA_CHECK(cudaStreamSynchronize(to_cuda(stream_)));  // construction, not a step
+}
+
+SyncBatchNormCuda::~SyncBatchNormCuda() {
+  try {
+    for (comm::Request& request : pending_) request.wait();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "syncbn: SyncBatchNorm '%s': %s\n", name_.c_str(), e.what());
+  }
+  cudaStreamSynchronize(to_cuda(stream_));
+  cudaFree(device_);
+}
+
+void SyncBatchNormCuda::forward(const float* x, const norm::BnGeometry& g, bool training,
+                                float* y) {
+  const int64_t C = options_.num_features;
+  SYNCBN_REQUIRE(g.c == C, "SyncBatchNorm '", name_, "': expected input with ", C,
+                 " channels, got ", g.c);
+  const bool batch_stats = training || !options_.track_running_stats;
+  saved_x_ = x;
+  saved_g_ = g;
+  saved_batch_stats_ = batch_stats;
+  have_saved_ = true;
+  if (!batch_stats) {  // Running statistics: a purely local pass, no collective.
+    kernels::save_running_stats(C, running_mean_, running_var_, options_.eps, saved_mean_,
+                                saved_invstd_, stream_);
+    norm::cuda::bn_elemt(x, g, saved_mean_, saved_invstd_, weight_, bias_, y, stream_);
+    return;
+  }
+
+  // Stage 1 and the one collective: [slot, Σx (C), Σx² (C)] in float64.
+  const kernels::SlotLayout layout = slot_layout(group_->size());
+  const uint64_t tag = fnv1a(std::to_string(calls_) + "/" + std::to_string(C), fnv1a(name_));
+  SYNCBN_REQUIRE(g.count() < (int64_t{1} << kCountBits) / group_->size(), "SyncBatchNorm '", name_,
+                 "': ", g.count(), " values per channel on one rank is too many");
+  kernels::set_scalar(forward_payload_, encode_count(g.count(), tag, layout), stream_);
+  norm::cuda::bn_stats<float, double>(x, g, forward_payload_ + 1, forward_payload_ + 1 + C,
+                                      stream_);
+  drop_completed(pending_);
+  pending_.push_back(group_->allreduce_sum_async(forward_payload_, forward_payload_, 2 * C + 1));
+  ++counters_.forward_collectives;
+  counters_.forward_bytes += static_cast<int64_t>((2 * C + 1) * sizeof(double));
+  ++calls_;
+  kernels::decode_slot(forward_payload_, layout, group_->size(), count_, status_device_, stream_);
+
+  // Stage 2 and 3: global statistics, running update (identical on every rank), normalize.
+  norm::cuda::bn_gather_stats(C, count_, forward_payload_ + 1, forward_payload_ + 1 + C, mean_,
+                              var_, stream_);
+  if (training && options_.track_running_stats) {
+    ++num_batches_tracked_;
+    const double factor =
+        options_.momentum ? *options_.momentum : 1.0 / static_cast<double>(num_batches_tracked_);
+    norm::cuda::bn_update_running(C, count_, factor, mean_, var_, running_mean_, running_var_,
+                                  stream_);
+  }
+  kernels::save_batch_stats(C, mean_, var_, options_.eps, saved_mean_, saved_invstd_, stream_);
+  norm::cuda::bn_elemt(x, g, saved_mean_, saved_invstd_, weight_, bias_, y, stream_);
+}
+
+void SyncBatchNormCuda::backward(const float* dy, float* dx) {
+  SYNCBN_REQUIRE(have_saved_, "SyncBatchNorm '", name_, "': backward called before forward");
+  const int64_t C = options_.num_features;
+  const norm::BnGeometry& g = saved_g_;
+
+  // Stage 4 (local): [sum_dy (C), sum_dy_xmu (C)]; dγ, dβ from the local part.
+  norm::cuda::bn_backward_reduce<float, double>(dy, saved_x_, g, saved_mean_, backward_payload_,
+                                                backward_payload_ + C, stream_);
+  if (options_.affine) {
+    kernels::accumulate_affine_grads(C, backward_payload_, backward_payload_ + C, saved_invstd_,
+                                     grad_weight_, grad_bias_, stream_);
+  }
+  if (!saved_batch_stats_) {  // Eval: statistics are constants, nothing to exchange.
+    norm::cuda::bn_backward_elemt<float>(dy, saved_x_, g, saved_mean_, saved_invstd_, weight_,
+                                         nullptr, nullptr, nullptr, dx, stream_);
+    return;
+  }
+  drop_completed(pending_);
+  pending_.push_back(group_->allreduce_sum_async(backward_payload_, backward_payload_, 2 * C));
+  ++counters_.backward_collectives;
+  counters_.backward_bytes += static_cast<int64_t>(2 * C * sizeof(double));
+
+  // Stage 5: dx with the group-wide sums and count.
+  norm::cuda::bn_backward_elemt(dy, saved_x_, g, saved_mean_, saved_invstd_, weight_,
+                                backward_payload_, backward_payload_ + C, count_, dx, stream_);
+}
+
+void SyncBatchNormCuda::finish() {
+  for (comm::Request& request : pending_) request.wait();
+  pending_.clear();
+  const cudaStream_t s = to_cuda(stream_);
+  unsigned status = 0;
+  SYNCBN_LAYER_CUDA_CHECK(
+      cudaMemcpyAsync(&status, status_device_, sizeof(status), cudaMemcpyDeviceToHost, s));
+  SYNCBN_LAYER_CUDA_CHECK(cudaStreamSynchronize(s));
+  if (status == 0) return;
+  SYNCBN_LAYER_CUDA_CHECK(cudaMemsetAsync(status_device_, 0, sizeof(unsigned), s));
+  SYNCBN_REQUIRE((status & kernels::kLayerMismatch) == 0, "SyncBatchNorm '", name_,
+                 "': the ranks of the BN group were not all in the same layer in a forward pass "
+                 "since the last finish(); they called SyncBN layers in a different order or with "
+                 "different channel counts");
+  SYNCBN_REQUIRE((status & kernels::kTooFewValues) == 0,
+                 "Expected more than 1 value per channel when training (SyncBatchNorm '", name_,
+                 "' on rank ", group_->rank(),
+                 ": at most 1 value per channel over the BN group of ", group_->size(),
+                 " ranks in a forward pass since the last finish())");
+}
+
+}  // namespace syncbn::nn

@@ -1,0 +1,112 @@
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "nn/sync_batch_norm_cuda_kernels.h"
+#include "norm/norm_math.h"
+
+namespace syncbn::nn::cuda_detail {
+namespace {
+
+void check_launch(const char* kernel) {
+  const cudaError_t status = cudaGetLastError();
+  if (status == cudaSuccess) return;
+  std::fprintf(stderr, "syncbn: %s:%d: launching %s failed: %s\n", __FILE__, __LINE__, kernel,
+               cudaGetErrorString(status));
+  std::fflush(stderr);
+  std::abort();
+}
+
+cudaStream_t to_cuda(CUstream_st* stream) { return reinterpret_cast<cudaStream_t>(stream); }
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + 255) / 256); }
+
+__global__ void set_scalar_kernel(double* p, double value) { *p = value; }
+
+__global__ void decode_slot_kernel(const double* slot_value, SlotLayout layout, unsigned group_size,
+                                   double* count, unsigned* status) {
+  const uint64_t slot = static_cast<uint64_t>(*slot_value);
+  const uint64_t mask = (uint64_t{1} << layout.width) - 1;
+  for (int j = 0; j < layout.fields; ++j) {
+    const uint64_t field = (slot >> (layout.count_bits + j * layout.width)) & mask;
+    if (field != 0 && field != group_size) *status |= kLayerMismatch;
+  }
+  const uint64_t n = slot & ((uint64_t{1} << layout.count_bits) - 1);
+  if (n <= 1) *status |= kTooFewValues;
+  *count = n > 1 ? static_cast<double>(n) : 2.0;
+}
+
+__global__ void save_batch_stats_kernel(int64_t C, const double* mean, const double* var,
+                                        double eps, float* saved_mean, float* saved_invstd) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  saved_mean[c] = static_cast<float>(mean[c]);
+  saved_invstd[c] = norm::math::bn_invstd(var[c], eps);
+}
+
+__global__ void save_running_stats_kernel(int64_t C, const float* running_mean,
+                                          const float* running_var, double eps, float* saved_mean,
+                                          float* saved_invstd) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  saved_mean[c] = running_mean[c];
+  saved_invstd[c] = norm::math::bn_invstd(running_var[c], eps);
+}
+
+__global__ void accumulate_affine_grads_kernel(int64_t C, const double* sum_dy,
+                                               const double* sum_dy_xmu, const float* invstd,
+                                               float* grad_weight, float* grad_bias) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  grad_weight[c] += static_cast<float>(sum_dy_xmu[c] * invstd[c]);
+  grad_bias[c] += static_cast<float>(sum_dy[c]);
+}
+
+__global__ void fill_kernel(float* p, int64_t n, float value) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) p[i] = value;
+}
+
+}  // namespace
+
+void set_scalar(double* p, double value, CUstream_st* stream) {
+  set_scalar_kernel<<<1, 1, 0, to_cuda(stream)>>>(p, value);
+  check_launch("set_scalar_kernel");
+}
+
+void decode_slot(const double* slot, const SlotLayout& layout, int group_size, double* count,
+                 unsigned* status, CUstream_st* stream) {
+  decode_slot_kernel<<<1, 1, 0, to_cuda(stream)>>>(slot, layout, static_cast<unsigned>(group_size),
+                                                   count, status);
+  check_launch("decode_slot_kernel");
+}
+
+void save_batch_stats(int64_t channels, const double* mean, const double* var, double eps,
+                      float* saved_mean, float* saved_invstd, CUstream_st* stream) {
+  save_batch_stats_kernel<<<blocks_for(channels), 256, 0, to_cuda(stream)>>>(
+      channels, mean, var, eps, saved_mean, saved_invstd);
+  check_launch("save_batch_stats_kernel");
+}
+
+void save_running_stats(int64_t channels, const float* running_mean, const float* running_var,
+                        double eps, float* saved_mean, float* saved_invstd, CUstream_st* stream) {
+  save_running_stats_kernel<<<blocks_for(channels), 256, 0, to_cuda(stream)>>>(
+      channels, running_mean, running_var, eps, saved_mean, saved_invstd);
+  check_launch("save_running_stats_kernel");
+}
+
+void accumulate_affine_grads(int64_t channels, const double* sum_dy, const double* sum_dy_xmu,
+                             const float* invstd, float* grad_weight, float* grad_bias,
+                             CUstream_st* stream) {
+  accumulate_affine_grads_kernel<<<blocks_for(channels), 256, 0, to_cuda(stream)>>>(
+      channels, sum_dy, sum_dy_xmu, invstd, grad_weight, grad_bias);
+  check_launch("accumulate_affine_grads_kernel");
+}
+
+void fill(float* p, int64_t n, float value, CUstream_st* stream) {
+  if (n == 0) return;
+  fill_kernel<<<blocks_for(n), 256, 0, to_cuda(stream)>>>(p, n, value);
+  check_launch("fill_kernel");
+}
+
+}  // namespace syncbn::nn::cuda_detail
