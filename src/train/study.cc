@@ -1135,7 +1135,10 @@ void run_study(const StudyConfig& study, const StudyOptions& options) {
     const std::string metrics_path = (run_dir / "metrics.jsonl").string();
     const std::string log_path = (run_dir / "train.log").string();
     write_atomically(config_path, to_yaml(config));
+    // New files, not truncated ones: a process of a killed earlier attempt that has not exited
+    // yet keeps writing to its own (now unlinked) files.
     fs::remove(metrics_path);
+    fs::remove(log_path);
 
     std::vector<std::string> argv = {
         options.mpirun,        "-np",  std::to_string(study.world_size),

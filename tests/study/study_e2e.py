@@ -82,7 +82,7 @@ def check_csv(out):
             fail(f"row {r['run']}: norm {r['norm']}")
         if not 0.0 <= float(r["test_error"]) <= 1.0:
             fail(f"row {r['run']}: test_error {r['test_error']} outside [0, 1]")
-        if float(r["images_per_s"]) <= 0 or int(r["steps"]) != 128 // int(r["global_batch"]):
+        if float(r["images_per_s"]) <= 0 or int(r["steps"]) != 512 // int(r["global_batch"]):
             fail(f"row {r['run']}: images_per_s {r['images_per_s']}, steps {r['steps']}")
         expected_lr = 0.05 * int(r["global_batch"]) / 16
         if abs(float(r["lr"]) - expected_lr) > 1e-9:
@@ -183,6 +183,10 @@ def resume(binary, tmp):
             proc.kill()
             fail("no run finished within 120 s")
         time.sleep(0.05)
+    # Kill it while the second run trains (its rank 0 has opened the metrics file).
+    in_flight = os.path.join(out, "runs", RUNS[1], "metrics.jsonl")
+    while not os.path.exists(in_flight) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     first_out = proc.communicate()[0]
     done = [r["run"] for r in csv_rows(out)]
@@ -195,7 +199,9 @@ def resume(binary, tmp):
         if time.time() > deadline:
             fail(f"processes of the killed study still run: {processes_mentioning(out)}")
         time.sleep(0.1)
-    print("no process of the killed study is left")
+    if os.path.exists(in_flight) and '"kind":"eval"' in open(in_flight).read():
+        fail(f"the run in flight ({RUNS[1]}) finished after the study was killed")
+    print(f"no process of the killed study is left; the run in flight ({RUNS[1]}) was stopped")
     first_log = os.path.join(out, "runs", RUNS[0], "train.log")
     first_mtime = os.stat(first_log).st_mtime_ns
 
@@ -229,7 +235,7 @@ def resume(binary, tmp):
     # A different base config into the same directory: refused, results untouched.
     changed = os.path.join(tmp, "changed.yaml")
     with open(TINY) as f:
-        text = f.read().replace("data.train_limit=128", "data.train_limit=64")
+        text = f.read().replace("data.test_limit=200", "data.test_limit=100")
     with open(changed, "w") as f:
         f.write(text.replace("base: ci_tiny.yaml", f"base: {ROOT}/configs/ci_tiny.yaml"))
     proc = study(binary, changed, out)
