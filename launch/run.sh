@@ -28,13 +28,15 @@
 #   --launch-agent CMD      how mpirun reaches a host (--mca plm_rsh_agent; default ssh)
 #   --mpirun-arg ARG        one more mpirun argument (repeatable)
 #
+# Environment: SYNCBN_BIN (the syncbn binary; default build/src/cli/syncbn).
+#
 # Exit codes: 0 done, 2 usage, 3 failed after K+1 attempts, 1 anything else.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
-  sed -n '4,5p;15,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '4,5p;15,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 bad_usage() {
@@ -44,7 +46,7 @@ bad_usage() {
 }
 log() { echo "run.sh: $*" >&2; }
 
-hostfile='' np='' config=configs/fashion_mnist.yaml max_restarts=3 stall_timeout=300
+hostfile='' np='' config=$root/configs/fashion_mnist.yaml max_restarts=3 stall_timeout=300
 run_id='' out='' tcp_include='' coordinator_host='' launch_agent='' mpirun_extra=() train_extra=()
 while (($#)); do
   case $1 in
@@ -77,11 +79,12 @@ done
 [[ $max_restarts =~ ^[0-9]+$ ]] || bad_usage "--max-restarts expects an integer >= 0, got '$max_restarts'"
 [[ $stall_timeout =~ ^[1-9][0-9]*$ ]] || bad_usage "--stall-timeout expects seconds > 0, got '$stall_timeout'"
 [[ -r $config ]] || bad_usage "cannot read the config '$config'"
+config=$(realpath "$config")  # the ranks may start in another directory
 run_id=${run_id:-run-$(date +%Y%m%d-%H%M%S)}
 [[ $run_id =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || bad_usage "--run-id must match [A-Za-z0-9_.-]{1,64}, got '$run_id'"
 out=${out:-$root/runs/$run_id}
 
-binary=$root/build/src/cli/syncbn
+binary=${SYNCBN_BIN:-$root/build/src/cli/syncbn}
 [[ -x $binary ]] || "$root/launch/setup.sh"
 
 # The hostfile: "host [slots=N]" lines; comments and blank lines skipped.
