@@ -8,7 +8,8 @@
                             third run launches nothing; a changed base config is refused
   study_e2e.py BIN errors   bad study configs (bad norm, empty batch list, unknown key) fail
                             with the key named and nothing launched; a failing run stops the
-                            study with its log's tail and a non-zero exit, recording nothing
+                            study with its log's tail and a non-zero exit, recording nothing;
+                            SIGTERM stops the study and its run with exit 143
 
 Every check prints what it saw and exits non-zero on a mismatch.
 """
@@ -280,6 +281,27 @@ def errors(binary, tmp):
         fail("a failed run was recorded in results.csv")
     print("failing run: exit 1, stderr names the run and quotes its log:",
           [l for l in proc.stderr.splitlines() if "nonexistent" in l][0][:160])
+    interrupt(binary, tmp)
+
+
+def interrupt(binary, tmp):
+    """SIGTERM (like Ctrl-C): the run in flight is stopped, exit 128 + 15, how to continue."""
+    out = os.path.join(tmp, "interrupted")
+    proc = subprocess.Popen([binary, "study", "--config", TINY, "--out", out],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    in_flight = os.path.join(out, "runs", RUNS[0], "metrics.jsonl")
+    deadline = time.time() + 60
+    while not os.path.exists(in_flight) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    if proc.returncode != 143 or "rerun the same command to continue" not in stderr:
+        fail(f"SIGTERM: expected exit 143 and how to continue:\n{stdout}\n{stderr}")
+    if processes_mentioning(out):
+        fail(f"SIGTERM: processes of the study are left: {processes_mentioning(out)}")
+    if csv_rows(out):
+        fail("SIGTERM: the interrupted run was recorded")
+    print(f"SIGTERM: exit 143, nothing left running: {stderr.strip()}")
 
 
 def main():
