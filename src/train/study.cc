@@ -1112,7 +1112,7 @@ void run_study(const StudyConfig& study, const StudyOptions& options) {
     std::set<std::string> names;
     for (const RunSpec& r : runs) names.insert(r.name());
     for (const RunResult& r : done)
-      if (names.count(r.spec.name())) shown.push_back(r);
+      if (names.erase(r.spec.name())) shown.push_back(r);  // the first row of a run counts
   };
   refresh_shown();
 

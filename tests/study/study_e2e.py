@@ -206,7 +206,12 @@ def resume(binary, tmp):
     first_log = os.path.join(out, "runs", RUNS[0], "train.log")
     first_mtime = os.stat(first_log).st_mtime_ns
 
+    # A crash in the middle of appending a row leaves a torn last line: dropped on the rerun.
+    with open(os.path.join(out, "results.csv"), "a") as f:
+        f.write(RUNS[1] + ",syncbn,2,2,1")
     proc = study(binary, TINY, out)
+    if "dropping a torn last line" not in proc.stdout:
+        fail(f"the rerun does not drop the torn last line:\n{proc.stdout}\n{proc.stderr}")
     if proc.returncode != 0:
         fail(f"the rerun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     ran = re.findall(r"\] (\S+): running", proc.stdout)
