@@ -197,28 +197,30 @@ mpi_flags=(--map-by slot --bind-to none --mca mpi_yield_when_idle 1)
 # Stuck ranks: a rank of this generation whose heartbeat (sent as steps complete) is older than
 # the bound, or one that never sent any that long after the launch.
 stalled() {
-  local launched=$1
-  "$binary" status --json --run "$run_id" 2>/dev/null |
-    /usr/bin/python3 -c '
+  local launched=$1 report
+  # No answer from the coordinator is not a verdict on the ranks (the ranks give up on their own
+  # when it is gone too long).
+  report=$("$binary" status --json --run "$run_id" 2>/dev/null) || return 1
+  /usr/bin/python3 -c '
 import json, sys, time
 limit_ms, gen, np_, age_s = float(sys.argv[1]) * 1000, int(sys.argv[2]), int(sys.argv[3]), time.time() - float(sys.argv[4])
+ranks = []
 for line in sys.stdin:
     run = json.loads(line)
-    if run["generation"] != gen:
-        continue
-    ranks = [r for r in run["ranks"] if r["generation"] == gen]
-    for r in sorted(ranks, key=lambda r: -r["heartbeat_age_ms"]):
-        if r["heartbeat_age_ms"] > limit_ms:
-            print("rank %d on %s (pid %d) made no progress for %.0f s (last step %d)" % (
-                r["rank"], r["host"], r["pid"], r["heartbeat_age_ms"] / 1000, r["step"]))
-            sys.exit(0)
-    seen = {r["rank"] for r in ranks if r["heartbeat_age_ms"] >= 0}
-    if age_s * 1000 > limit_ms and len(seen) < np_:
-        missing = sorted(set(range(np_)) - seen)
-        print("rank(s) %s sent no heartbeat in the %.0f s since the launch" % (
-            " ".join(map(str, missing)), age_s))
+    if run["generation"] == gen:
+        ranks = [r for r in run["ranks"] if r["generation"] == gen]
+for r in sorted(ranks, key=lambda r: -r["heartbeat_age_ms"]):
+    if r["heartbeat_age_ms"] > limit_ms:
+        print("rank %d on %s (pid %d) made no progress for %.0f s (last step %d)" % (
+            r["rank"], r["host"], r["pid"], r["heartbeat_age_ms"] / 1000, r["step"]))
         sys.exit(0)
-sys.exit(1)' "$stall_timeout" "$generation" "$ranks" "$launched"
+seen = {r["rank"] for r in ranks if r["heartbeat_age_ms"] >= 0}
+if age_s * 1000 > limit_ms and len(seen) < np_:
+    missing = sorted(set(range(np_)) - seen)
+    print("rank(s) %s sent no heartbeat in the %.0f s since the launch" % (
+        " ".join(map(str, missing)), age_s))
+    sys.exit(0)
+sys.exit(1)' "$stall_timeout" "$generation" "$ranks" "$launched" <<<"$report"
 }
 
 generation=0

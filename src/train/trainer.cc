@@ -162,7 +162,8 @@ class Reporter {
 //                                     checkpoint, if one is due): a rank dying mid-run.
 //   SYNCBN_TEST_HANG_AT_STEP=N:R[:G]  rank R stops making progress after step N (alive, sleeping
 //                                     forever; the others then wait in the next collective): a
-//                                     stuck rank, for the supervisor's stall detection.
+//                                     stuck rank, for the supervisor's stall detection. N = the
+//                                     step it starts from (0): stuck before the first step.
 //   SYNCBN_TEST_FORGET_POSITION=1     a resume restores the weights but restarts the data order
 //                                     from the beginning: the negative control of the resume
 //                                     test.
@@ -381,6 +382,9 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   int64_t window_steps = 0;
   bool evaluated_last = false;
   const TestHooks hooks = TestHooks::from_env(options.generation);
+  if (hooks.hang_step == start_step && world.rank() == hooks.hang_rank) {
+    for (;;) ::pause();  // stuck before the first step
+  }
   for (int64_t step = start_step + 1; step <= total_steps; ++step) {
     const int64_t epoch = (step - 1) / steps_per_epoch;
     const int64_t in_epoch = (step - 1) % steps_per_epoch;

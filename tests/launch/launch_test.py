@@ -7,8 +7,9 @@
                                 rank stuck in generation 0 are each restarted with --resume; the
                                 final weights equal an uninterrupted run's, byte for byte; no
                                 process is left behind
-  launch_test.py BIN budget     a job that always fails stops after exactly K+1 attempts, exit 3,
-                                naming the last failure
+  launch_test.py BIN budget     a job that always fails (a rank killed, or stuck before its
+                                first step) stops after exactly K+1 attempts, exit 3, naming the
+                                last failure
   launch_test.py BIN cluster-match    3 hosts (network namespaces) × 2 ranks == one host × 6
   launch_test.py BIN cluster-failure  every process of one host killed and its link cut mid-run:
                                       restarted on the 2 others (4 ranks, same global batch) from
@@ -175,6 +176,17 @@ def check_budget(binary, tmp):
                      r"generation 2: mpirun exited with status \d+", proc.log):
         fail(f"always-failing job: no final message naming the last failure:\n{proc.log[-2000:]}")
     print("ok: always-failing job stopped after exactly 3 attempts with exit 3")
+
+    # Stuck before the first step in every generation: no heartbeat ever, caught all the same.
+    out = os.path.join(tmp, "silent")
+    proc = run_sh(binary, out, hosts, 2, ["--max-restarts", "1", "--stall-timeout", "3"],
+                  env={"SYNCBN_TEST_HANG_AT_STEP": "0:1"})
+    if proc.returncode != 3 or not re.search(
+            r"giving up after 2 attempt\(s\) \(--max-restarts 1\); last failure: generation 1: "
+            r"rank\(s\) [0-9 ]+ sent no heartbeat in the \d+ s since the launch", proc.log):
+        fail(f"job stuck before its first step: expected exit 3 after 2 attempts naming the "
+             f"silent ranks, got {proc.returncode}:\n{proc.log[-2000:]}")
+    print("ok: a job stuck before its first step is detected without any heartbeat; 2 attempts")
 
 
 # ---- the cluster ----------------------------------------------------------------------------
