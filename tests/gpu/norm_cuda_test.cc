@@ -2,7 +2,8 @@
 // name (norm/kernels.h) on random shapes — odd sizes, both layouts, empty batches — with several
 // block sizes and grids, aligned and misaligned buffers (vector head/tail and scalar paths),
 // float32 / half / bf16 activations and float64 / float32 statistics. Label `gpu`: every test
-// skips without a CUDA device, and CTest reports it skipped.
+// skips without a CUDA device, and CTest reports it skipped. The same file also runs on the CPU
+// against the kernels built for the CPU emulation (tests/norm: norm_cuda_emulated_test).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -123,9 +124,20 @@ std::vector<Shape> bn_shapes() {
           {7, 64, 1, false},  {2, 6, 4099, true},   {33, 3, 17, false}, {2, 2, 5000, false}};
 }
 
+// Block sizes and grids (max_blocks 0: the default grid). The CPU emulation of the kernels
+// (tests/norm, SYNCBN_CUDA_EMULATION) runs each GPU thread as an OS thread: there, small blocks
+// keep the test to seconds; on a GPU every size runs.
+#if defined(SYNCBN_CUDA_EMULATION)
+std::vector<cuda::LaunchConfig> launches() { return {{32, 1}, {64, 3}}; }
+std::vector<cuda::LaunchConfig> norm_launches() { return {{32, 0}, {64, 0}}; }
+constexpr int kLowPrecisionThreads = 64;
+#else
 std::vector<cuda::LaunchConfig> launches() {
   return {{256, 0}, {32, 1}, {96, 3}, {1024, 0}, {128, 2}};
 }
+std::vector<cuda::LaunchConfig> norm_launches() { return {{256, 0}, {32, 0}, {1024, 0}}; }
+constexpr int kLowPrecisionThreads = 128;
+#endif
 
 class NormCudaTest : public ::testing::Test {
  protected:
@@ -288,7 +300,7 @@ void check_low_precision(cuda::Stream stream, double tol) {
   for (const Shape& sh : {Shape{3, 5, 7, false}, Shape{4, 16, 13, true}, Shape{2, 8, 1001, false},
                           Shape{5, 24, 1, false}, Shape{2, 6, 9, true}}) {
     for (int offset : {0, 1}) {
-      const cuda::LaunchConfig launch{128, 0};
+      const cuda::LaunchConfig launch{kLowPrecisionThreads, 0};
       const std::string what = describe(sh, launch, offset);
       const BnGeometry g{sh.n, sh.c, sh.s, sh.channels_last};
       const size_t total = static_cast<size_t>(sh.n * sh.c * sh.s);
@@ -359,7 +371,7 @@ TEST_F(NormCudaTest, GroupNormAndLayerNormMatchCpu) {
   for (const GnCase& gc : {GnCase{{3, 6, 7, false}, 3}, GnCase{{2, 8, 13, true}, 2},
                            GnCase{{4, 5, 1, false}, 5}, GnCase{{2, 12, 1001, false}, 4},
                            GnCase{{3, 4, 33, true}, 4}, GnCase{{1, 16, 64, false}, 1}}) {
-    for (const cuda::LaunchConfig& launch : {cuda::LaunchConfig{256, 0}, {32, 0}, {1024, 0}}) {
+    for (const cuda::LaunchConfig& launch : norm_launches()) {
       for (int offset : {0, 1}) {
         const Shape& sh = gc.sh;
         const std::string what = describe(sh, launch, offset) + " G=" + std::to_string(gc.groups);

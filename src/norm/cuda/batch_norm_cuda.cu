@@ -144,7 +144,7 @@ __global__ void reduce_runs_kernel(Term term, int64_t N, int64_t C, int64_t S, i
                                 }
                               });
   }
-  const A total = detail::block_merge(acc, reinterpret_cast<A*>(detail::shared_bytes));
+  const A total = detail::block_merge(acc, detail::shared_memory<A>());
   if (threadIdx.x == 0) {
     double* out = partial + 2 * C * blockIdx.y;
     Term::finish(total, out[c], out[C + c]);
@@ -173,7 +173,7 @@ __global__ void reduce_rows_kernel(Term term, int64_t rows, int64_t C, bool vect
       }
     }
   }
-  A* shared = reinterpret_cast<A*>(detail::shared_bytes);
+  A* shared = detail::shared_memory<A>();
   // Static indices (unrolled to kW, guarded by width) keep acc in registers.
 #pragma unroll
   for (int k = 0; k < kW; ++k)
@@ -239,16 +239,14 @@ void reduce_channels(const Term& term, const void* const* arrays, int n_arrays, 
   }
   detail::Scratch partial(sizeof(double) * 2 * C * grid.y, stream);
   if (rows) {
-    reduce_rows_kernel<<<grid, block, shared, stream>>>(term, g.count(), C, vectors,
-                                                        partial.as<double>());
+    detail::launch(reduce_rows_kernel<Term>, grid, block, shared, stream, term, g.count(), C,
+                   vectors, partial.as<double>());
   } else {
-    reduce_runs_kernel<<<grid, block, shared, stream>>>(
-        term, g.n, C, g.s, piece_len<T>(launch.threads), all_co_aligned, partial.as<double>());
+    detail::launch(reduce_runs_kernel<Term>, grid, block, shared, stream, term, g.n, C, g.s,
+                   piece_len<T>(launch.threads), all_co_aligned, partial.as<double>());
   }
-  SYNCBN_NORM_LAUNCH_CHECK();
-  merge_partials_kernel<<<static_cast<unsigned>(ceil_div(C, 128)), 128, 0, stream>>>(
-      partial.as<double>(), static_cast<int>(grid.y), C, out_a, out_b);
-  SYNCBN_NORM_LAUNCH_CHECK();
+  detail::launch(merge_partials_kernel, dim3(static_cast<unsigned>(ceil_div(C, 128))), dim3(128), 0,
+                 stream, partial.as<double>(), static_cast<int>(grid.y), C, out_a, out_b);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,17 +374,17 @@ void elementwise(const Op& op, const void* const* arrays, int n_arrays, const Bn
     const int64_t ty = launch.threads / 32;
     const int64_t gx = ceil_div(ceil_div(g.c, width), 32);
     const int64_t gy = clamp64(ceil_div(g.count(), ty * 4), 1, clamp64(blocks_cap / gx, 1, 65535));
-    elemt_rows_kernel<T>
-        <<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)),
-           dim3(32, static_cast<unsigned>(ty)), 0, stream>>>(op, g.count(), g.c, vectors);
+    detail::launch(elemt_rows_kernel<T, Op>,
+                   dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)),
+                   dim3(32, static_cast<unsigned>(ty)), 0, stream, op, g.count(), g.c, vectors);
   } else {
     const int64_t piece = piece_len<T>(launch.threads);
     const int64_t items = g.n * g.c * math::pieces_per_run(g.s, piece);
     const int64_t grid = clamp64(items, 1, launch.max_blocks > 0 ? launch.max_blocks : blocks_cap);
-    elemt_runs_kernel<T><<<static_cast<unsigned>(grid), launch.threads, 0, stream>>>(
-        op, static_cast<const T*>(arrays[0]), g.n, g.c, g.s, piece, all_co_aligned);
+    detail::launch(elemt_runs_kernel<T, Op>, dim3(static_cast<unsigned>(grid)),
+                   dim3(static_cast<unsigned>(launch.threads)), 0, stream, op,
+                   static_cast<const T*>(arrays[0]), g.n, g.c, g.s, piece, all_co_aligned);
   }
-  SYNCBN_NORM_LAUNCH_CHECK();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,16 +419,15 @@ void bn_stats(const T* x, const BnGeometry& g, double* sum, double* sumsq, Strea
 
 void bn_gather_stats(int64_t channels, const double* count, const double* sum, const double* sumsq,
                      double* mean, double* var, Stream stream) {
-  gather_stats_kernel<<<channel_blocks(channels), 256, 0, detail::to_cuda(stream)>>>(
-      channels, count, sum, sumsq, mean, var);
-  SYNCBN_NORM_LAUNCH_CHECK();
+  detail::launch(gather_stats_kernel, dim3(channel_blocks(channels)), dim3(256), 0,
+                 detail::to_cuda(stream), channels, count, sum, sumsq, mean, var);
 }
 
 void bn_update_running(int64_t channels, const double* count, double factor, const double* mean,
                        const double* var, float* running_mean, float* running_var, Stream stream) {
-  update_running_kernel<<<channel_blocks(channels), 256, 0, detail::to_cuda(stream)>>>(
-      channels, count, factor, mean, var, running_mean, running_var);
-  SYNCBN_NORM_LAUNCH_CHECK();
+  detail::launch(update_running_kernel, dim3(channel_blocks(channels)), dim3(256), 0,
+                 detail::to_cuda(stream), channels, count, factor, mean, var, running_mean,
+                 running_var);
 }
 
 template <typename T>

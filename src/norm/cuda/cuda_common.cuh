@@ -8,9 +8,14 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "norm/cuda/kernels_cuda.h"
 #include "norm/norm_math.h"
+
+#if defined(SYNCBN_CUDA_EMULATION)
+#include "norm/cuda/cuda_emulation.h"
+#endif
 
 namespace syncbn::norm::cuda::detail {
 
@@ -90,8 +95,33 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
 
 __host__ __device__ inline uint64_t address(const void* p) { return reinterpret_cast<uint64_t>(p); }
 
-// Dynamic shared memory, reinterpreted per kernel.
-extern __shared__ __align__(16) unsigned char shared_bytes[];
+// The block's dynamic shared memory as an array of A.
+template <typename A>
+__device__ __forceinline__ A* shared_memory() {
+#if defined(SYNCBN_CUDA_EMULATION)
+  return reinterpret_cast<A*>(emu::shared);
+#else
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return reinterpret_cast<A*>(shared_bytes);
+#endif
+}
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), checked. Through one function so that
+// the CPU emulation (cuda_emulation.h, for tests) can run the same kernels.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+            cudaStream_t stream, Args&&... args) {
+#if defined(SYNCBN_CUDA_EMULATION)
+  (void)stream;
+  emu::launch(kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
+#else
+  // The launch syntax of a .cuh is beyond clang-format.
+  // clang-format off
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
+#endif
+  SYNCBN_NORM_LAUNCH_CHECK();
+}
 
 // Merges `width` accumulators per thread of a 2-D block over threadIdx.y into row y = 0:
 // shared holds blockDim.x·blockDim.y·width entries, this thread's at (y·blockDim.x + x)·width.

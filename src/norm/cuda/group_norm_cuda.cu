@@ -63,7 +63,7 @@ __global__ void gn_stats_kernel(const T* x, int64_t C, int64_t S, bool channels_
     }
   }
   using A = math::SumStats<double>;
-  const A total = detail::block_merge(acc, reinterpret_cast<A*>(detail::shared_bytes));
+  const A total = detail::block_merge(acc, detail::shared_memory<A>());
   if (threadIdx.x == 0) {
     double s, ss, m, v;
     total.to_sums(s, ss);
@@ -119,7 +119,7 @@ __global__ void gn_plane_sums_kernel(const T* dy, const T* x, int64_t C, int64_t
     acc.push(d, d * (static_cast<double>(to_float(x[i])) - m));
   }
   using A = math::PairSums<double>;
-  const A total = detail::block_merge(acc, reinterpret_cast<A*>(detail::shared_bytes));
+  const A total = detail::block_merge(acc, detail::shared_memory<A>());
   if (threadIdx.x == 0) {
     db[plane] = total.a;
     dsm[plane] = total.b;
@@ -172,7 +172,7 @@ __global__ void ln_forward_kernel(const T* x, int64_t d, double eps, const float
   math::SumStats<double> acc;
   walk_contiguous<T, math::SumStats<double>>(xr, d, true, [&](int64_t, float v) { acc.push(v); });
   using A = math::SumStats<double>;
-  const A total = detail::block_merge(acc, reinterpret_cast<A*>(detail::shared_bytes));
+  const A total = detail::block_merge(acc, detail::shared_memory<A>());
   double s, ss, m, v;
   total.to_sums(s, ss);
   math::bn_mean_var(s, ss, 1.0 / static_cast<double>(d), m, v);
@@ -216,7 +216,7 @@ __global__ void ln_backward_kernel(const T* dy, const T* x, int64_t d, const flo
     acc.push(g, g * (static_cast<double>(to_float(xr[i])) - m));
   }
   using A = math::PairSums<double>;
-  const A total = detail::block_merge(acc, reinterpret_cast<A*>(detail::shared_bytes));
+  const A total = detail::block_merge(acc, detail::shared_memory<A>());
   const math::GnBackwardCoef k =
       math::gn_backward_coef(invstd[row], 1.0, total.a, total.b, static_cast<double>(d));
   const float mf = mean[row];
@@ -256,10 +256,9 @@ void gn_stats(const T* x, const BnGeometry& g, int64_t groups, double eps, float
               float* invstd, double* var, Stream stream, const LaunchConfig& launch) {
   check_threads(launch);
   if (g.n * groups == 0) return;
-  gn_stats_kernel<<<static_cast<unsigned>(g.n * groups), launch.threads,
-                    launch.threads * sizeof(math::SumStats<double>), detail::to_cuda(stream)>>>(
-      x, g.c, g.s, g.channels_last, groups, eps, mean, invstd, var);
-  SYNCBN_NORM_LAUNCH_CHECK();
+  detail::launch(gn_stats_kernel<T>, static_cast<unsigned>(g.n * groups), launch.threads,
+                 launch.threads * sizeof(math::SumStats<double>), detail::to_cuda(stream), x, g.c,
+                 g.s, g.channels_last, groups, eps, mean, invstd, var);
 }
 
 template <typename T>
@@ -270,12 +269,10 @@ void gn_elemt(const T* x, const BnGeometry& g, int64_t groups, const float* mean
   if (g.n * g.c * g.s == 0) return;
   const cudaStream_t s = detail::to_cuda(stream);
   detail::Scratch coef(sizeof(PlaneCoef) * g.n * g.c, s);
-  gn_forward_coef_kernel<<<static_cast<unsigned>(ceil_div(g.n * g.c, 256)), 256, 0, s>>>(
-      g.n, g.c, groups, mean, invstd, weight, bias, coef.as<PlaneCoef>());
-  SYNCBN_NORM_LAUNCH_CHECK();
-  plane_elemt_kernel<T><<<grid_for(g.n * g.c * g.s, launch.threads), launch.threads, 0, s>>>(
-      nullptr, x, coef.as<PlaneCoef>(), g.n, g.c, g.s, g.channels_last, y);
-  SYNCBN_NORM_LAUNCH_CHECK();
+  detail::launch(gn_forward_coef_kernel, static_cast<unsigned>(ceil_div(g.n * g.c, 256)), 256, 0, s,
+                 g.n, g.c, groups, mean, invstd, weight, bias, coef.as<PlaneCoef>());
+  detail::launch(plane_elemt_kernel<T>, grid_for(g.n * g.c * g.s, launch.threads), launch.threads,
+                 0, s, nullptr, x, coef.as<PlaneCoef>(), g.n, g.c, g.s, g.channels_last, y);
 }
 
 template <typename T>
@@ -290,21 +287,18 @@ void gn_backward(const T* dy, const T* x, const BnGeometry& g, int64_t groups, c
   double* db = sums.as<double>();
   double* dsm = db + planes;
   if (planes > 0) {
-    gn_plane_sums_kernel<<<static_cast<unsigned>(planes), launch.threads,
-                           launch.threads * sizeof(math::PairSums<double>), s>>>(
-        dy, x, g.c, g.s, g.channels_last, groups, mean, db, dsm);
-    SYNCBN_NORM_LAUNCH_CHECK();
-    gn_backward_coef_kernel<<<static_cast<unsigned>(ceil_div(g.n * groups, 128)), 128, 0, s>>>(
-        g.n, g.c, g.s, groups, mean, invstd, weight, db, dsm, coef.as<PlaneCoef>());
-    SYNCBN_NORM_LAUNCH_CHECK();
-    plane_elemt_kernel<T><<<grid_for(planes * g.s, launch.threads), launch.threads, 0, s>>>(
-        dy, x, coef.as<PlaneCoef>(), g.n, g.c, g.s, g.channels_last, dx);
-    SYNCBN_NORM_LAUNCH_CHECK();
+    detail::launch(gn_plane_sums_kernel<T>, static_cast<unsigned>(planes), launch.threads,
+                   launch.threads * sizeof(math::PairSums<double>), s, dy, x, g.c, g.s,
+                   g.channels_last, groups, mean, db, dsm);
+    detail::launch(gn_backward_coef_kernel, static_cast<unsigned>(ceil_div(g.n * groups, 128)), 128,
+                   0, s, g.n, g.c, g.s, groups, mean, invstd, weight, db, dsm,
+                   coef.as<PlaneCoef>());
+    detail::launch(plane_elemt_kernel<T>, grid_for(planes * g.s, launch.threads), launch.threads, 0,
+                   s, dy, x, coef.as<PlaneCoef>(), g.n, g.c, g.s, g.channels_last, dx);
   }
   if (dweight != nullptr || dbias != nullptr) {
-    gn_param_grads_kernel<<<static_cast<unsigned>(ceil_div(g.c, 128)), 128, 0, s>>>(
-        g.n, g.c, groups, invstd, db, dsm, dweight, dbias);
-    SYNCBN_NORM_LAUNCH_CHECK();
+    detail::launch(gn_param_grads_kernel, static_cast<unsigned>(ceil_div(g.c, 128)), 128, 0, s, g.n,
+                   g.c, groups, invstd, db, dsm, dweight, dbias);
   }
 }
 
@@ -314,11 +308,10 @@ void ln_forward(const T* x, int64_t rows, int64_t d, double eps, const float* we
                 const LaunchConfig& launch) {
   check_threads(launch);
   if (rows == 0) return;
-  ln_forward_kernel<<<static_cast<unsigned>(rows), launch.threads,
-                      launch.threads * sizeof(math::SumStats<double>), detail::to_cuda(stream)>>>(
-      x, d, eps, weight, bias, y, mean, invstd,
-      math::co_aligned(detail::address(x), detail::address(y)));
-  SYNCBN_NORM_LAUNCH_CHECK();
+  detail::launch(ln_forward_kernel<T>, static_cast<unsigned>(rows), launch.threads,
+                 launch.threads * sizeof(math::SumStats<double>), detail::to_cuda(stream), x, d,
+                 eps, weight, bias, y, mean, invstd,
+                 math::co_aligned(detail::address(x), detail::address(y)));
 }
 
 template <typename T>
@@ -328,15 +321,13 @@ void ln_backward(const T* dy, const T* x, int64_t rows, int64_t d, const float* 
   check_threads(launch);
   const cudaStream_t s = detail::to_cuda(stream);
   if (rows > 0) {
-    ln_backward_kernel<<<static_cast<unsigned>(rows), launch.threads,
-                         launch.threads * sizeof(math::PairSums<double>), s>>>(dy, x, d, mean,
-                                                                               invstd, weight, dx);
-    SYNCBN_NORM_LAUNCH_CHECK();
+    detail::launch(ln_backward_kernel<T>, static_cast<unsigned>(rows), launch.threads,
+                   launch.threads * sizeof(math::PairSums<double>), s, dy, x, d, mean, invstd,
+                   weight, dx);
   }
   if (dweight != nullptr || dbias != nullptr) {
-    ln_param_grads_kernel<<<static_cast<unsigned>(ceil_div(d, 128)), 128, 0, s>>>(
-        dy, x, rows, d, mean, invstd, dweight, dbias);
-    SYNCBN_NORM_LAUNCH_CHECK();
+    detail::launch(ln_param_grads_kernel<T>, static_cast<unsigned>(ceil_div(d, 128)), 128, 0, s, dy,
+                   x, rows, d, mean, invstd, dweight, dbias);
   }
 }
 
