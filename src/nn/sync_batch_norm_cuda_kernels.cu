@@ -1,22 +1,12 @@
-#include <cuda_runtime.h>
-
-#include <cstdio>
-#include <cstdlib>
-
 #include "nn/sync_batch_norm_cuda_kernels.h"
+
+#include "norm/cuda/cuda_common.cuh"  // launch(), also under the CPU emulation of tests
 #include "norm/norm_math.h"
 
 namespace syncbn::nn::cuda_detail {
 namespace {
 
-void check_launch(const char* kernel) {
-  const cudaError_t status = cudaGetLastError();
-  if (status == cudaSuccess) return;
-  std::fprintf(stderr, "syncbn: %s:%d: launching %s failed: %s\n", __FILE__, __LINE__, kernel,
-               cudaGetErrorString(status));
-  std::fflush(stderr);
-  std::abort();
-}
+using norm::cuda::detail::launch;
 
 cudaStream_t to_cuda(CUstream_st* stream) { return reinterpret_cast<cudaStream_t>(stream); }
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + 255) / 256); }
@@ -70,43 +60,37 @@ __global__ void fill_kernel(float* p, int64_t n, float value) {
 }  // namespace
 
 void set_scalar(double* p, double value, CUstream_st* stream) {
-  set_scalar_kernel<<<1, 1, 0, to_cuda(stream)>>>(p, value);
-  check_launch("set_scalar_kernel");
+  launch(set_scalar_kernel, dim3(1), dim3(1), 0, to_cuda(stream), p, value);
 }
 
 void decode_slot(const double* slot, const SlotLayout& layout, int group_size, double* count,
                  unsigned* status, CUstream_st* stream) {
-  decode_slot_kernel<<<1, 1, 0, to_cuda(stream)>>>(slot, layout, static_cast<unsigned>(group_size),
-                                                   count, status);
-  check_launch("decode_slot_kernel");
+  launch(decode_slot_kernel, dim3(1), dim3(1), 0, to_cuda(stream), slot, layout,
+         static_cast<unsigned>(group_size), count, status);
 }
 
 void save_batch_stats(int64_t channels, const double* mean, const double* var, double eps,
                       float* saved_mean, float* saved_invstd, CUstream_st* stream) {
-  save_batch_stats_kernel<<<blocks_for(channels), 256, 0, to_cuda(stream)>>>(
-      channels, mean, var, eps, saved_mean, saved_invstd);
-  check_launch("save_batch_stats_kernel");
+  launch(save_batch_stats_kernel, dim3(blocks_for(channels)), dim3(256), 0, to_cuda(stream),
+         channels, mean, var, eps, saved_mean, saved_invstd);
 }
 
 void save_running_stats(int64_t channels, const float* running_mean, const float* running_var,
                         double eps, float* saved_mean, float* saved_invstd, CUstream_st* stream) {
-  save_running_stats_kernel<<<blocks_for(channels), 256, 0, to_cuda(stream)>>>(
-      channels, running_mean, running_var, eps, saved_mean, saved_invstd);
-  check_launch("save_running_stats_kernel");
+  launch(save_running_stats_kernel, dim3(blocks_for(channels)), dim3(256), 0, to_cuda(stream),
+         channels, running_mean, running_var, eps, saved_mean, saved_invstd);
 }
 
 void accumulate_affine_grads(int64_t channels, const double* sum_dy, const double* sum_dy_xmu,
                              const float* invstd, float* grad_weight, float* grad_bias,
                              CUstream_st* stream) {
-  accumulate_affine_grads_kernel<<<blocks_for(channels), 256, 0, to_cuda(stream)>>>(
-      channels, sum_dy, sum_dy_xmu, invstd, grad_weight, grad_bias);
-  check_launch("accumulate_affine_grads_kernel");
+  launch(accumulate_affine_grads_kernel, dim3(blocks_for(channels)), dim3(256), 0, to_cuda(stream),
+         channels, sum_dy, sum_dy_xmu, invstd, grad_weight, grad_bias);
 }
 
 void fill(float* p, int64_t n, float value, CUstream_st* stream) {
   if (n == 0) return;
-  fill_kernel<<<blocks_for(n), 256, 0, to_cuda(stream)>>>(p, n, value);
-  check_launch("fill_kernel");
+  launch(fill_kernel, dim3(blocks_for(n)), dim3(256), 0, to_cuda(stream), p, n, value);
 }
 
 }  // namespace syncbn::nn::cuda_detail

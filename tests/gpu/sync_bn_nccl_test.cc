@@ -3,7 +3,8 @@
 // included) give the same y, dx, running statistics and reduced dγ/dβ as plain CPU BN on the
 // concatenated batch — for both layouts and BN group sizes, one collective per pass, and the
 // errors finish() reports. Every test skips when the node has fewer CUDA devices than ranks, and
-// CTest then reports the test skipped.
+// CTest then reports the test skipped. The same file runs on the CPU too, against the layer and
+// its kernels built for the CPU emulation, over MPI (nn_sync_bn_cuda_emulated_test).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -22,6 +23,51 @@
 
 namespace syncbn {
 namespace {
+
+#if defined(SYNCBN_CUDA_EMULATION)
+// The CPU emulation (tests/gpu/CMakeLists.txt: nn_sync_bn_cuda_emulated_test): the layer's
+// kernels run on the host (norm/cuda/cuda_emulation.h), "device" memory is host memory, and the
+// collectives go through MPI behind a communicator that reports device buffers and a stream.
+class HostAsDeviceCommunicator final : public comm::Communicator {
+ public:
+  explicit HostAsDeviceCommunicator(std::unique_ptr<comm::Communicator> inner)
+      : Communicator(inner->rank(), inner->size()), inner_(std::move(inner)) {}
+  comm::Backend backend() const override { return comm::Backend::kNccl; }
+  comm::MemorySpace memory_space() const override { return comm::MemorySpace::kCudaDevice; }
+  CUstream_st* cuda_stream() const override {
+    static int token;
+    return reinterpret_cast<CUstream_st*>(&token);
+  }
+
+ private:
+  void do_allreduce_sum(const void* send, void* recv, int64_t count, comm::DataType type) override {
+    if (type == comm::DataType::kFloat64) {
+      inner_->allreduce_sum(static_cast<const double*>(send), static_cast<double*>(recv), count);
+    } else {
+      inner_->allreduce_sum(static_cast<const float*>(send), static_cast<float*>(recv), count);
+    }
+  }
+  comm::Request do_allreduce_sum_async(const void* send, void* recv, int64_t count,
+                                       comm::DataType type) override {
+    do_allreduce_sum(send, recv, count, type);  // the emulated stream is synchronous anyway
+    return comm::Request();
+  }
+  void do_broadcast(void*, int64_t, comm::DataType, int) override {
+    SYNCBN_CHECK(false && "not used by the layer");
+  }
+  void do_barrier() override { inner_->barrier(); }
+  std::unique_ptr<comm::Communicator> do_split(int color, int key) override {
+    return std::make_unique<HostAsDeviceCommunicator>(inner_->split(color, key));
+  }
+  std::unique_ptr<comm::Communicator> inner_;
+};
+
+std::string reason_to_skip() { return ""; }
+std::unique_ptr<comm::Communicator> make_world() {
+  return std::make_unique<HostAsDeviceCommunicator>(comm::make_communicator("mpi"));
+}
+#else
+std::unique_ptr<comm::Communicator> make_world() { return comm::make_communicator("nccl"); }
 
 std::string reason_to_skip() {
   int devices = 0;
@@ -42,6 +88,7 @@ std::string reason_to_skip() {
   }
   return "";
 }
+#endif
 
 // Host ↔ device copies of float vectors.
 class DeviceFloats {
@@ -98,7 +145,7 @@ class SyncBnNcclTest : public ::testing::Test {
   void SetUp() override {
     const std::string reason = reason_to_skip();
     if (!reason.empty()) GTEST_SKIP() << reason;
-    world_ = comm::make_communicator("nccl");
+    world_ = make_world();
   }
   std::unique_ptr<comm::Communicator> world_;
 };
@@ -187,15 +234,14 @@ void check_equivalence(comm::Communicator& world, const Case& k) {
     EXPECT_LT(scaled_error(to_host(layer.running_mean(), C), ref_rm.data(), C), 1e-5) << what;
     EXPECT_LT(scaled_error(to_host(layer.running_var(), C), ref_rv.data(), C), 1e-5) << what;
     EXPECT_EQ(layer.num_batches_tracked(), ref_tracked) << what;
-    // dγ, dβ are local; reduced over the group (on the host, through MPI) they equal plain BN's.
+    // dγ, dβ are local; reduced over the group (a device allreduce on the BN group: only the
+    // group's ranks take part) they equal plain BN's.
     std::vector<float> grads = to_host(layer.grad_weight(), C);
     const std::vector<float> gb = to_host(layer.grad_bias(), C);
     grads.insert(grads.end(), gb.begin(), gb.end());
-    MPI_Comm group_comm = MPI_COMM_NULL;
-    MPI_Comm_split(MPI_COMM_WORLD, r / group, r, &group_comm);
-    MPI_Allreduce(MPI_IN_PLACE, grads.data(), static_cast<int>(2 * C), MPI_FLOAT, MPI_SUM,
-                  group_comm);
-    MPI_Comm_free(&group_comm);
+    DeviceFloats reduced(grads);
+    bn_group->allreduce_sum(reduced.get(), 2 * C);
+    grads = to_host(reduced.get(), 2 * C);
     EXPECT_LT(scaled_error(grads, g_ref.dweight.data(), C), 1e-5) << what << ": dgamma";
     EXPECT_LT(
         scaled_error(std::vector<float>(grads.begin() + C, grads.end()), g_ref.dbias.data(), C),

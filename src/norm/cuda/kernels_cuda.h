@@ -34,7 +34,11 @@ namespace syncbn::norm::cuda {
 using Stream = CUstream_st*;
 
 struct LaunchConfig {
-  int threads = 256;   // per block: a multiple of 32, at most 1024
+#if defined(SYNCBN_CUDA_EMULATION)
+  int threads = 32;  // the CPU emulation of tests runs every GPU thread as a host thread
+#else
+  int threads = 256;  // per block: a multiple of 32, at most 1024
+#endif
   int max_blocks = 0;  // blocks per reduction grid (0: 4 per SM, at least one per channel group)
 };
 
