@@ -10,6 +10,7 @@
 //     then merge_partials adds the per-block float64 partials per channel in block order.
 //   elementwise (bn_elemt, bn_backward_elemt): the same two walks, coefficients loaded once per
 //     piece (contiguous) or once per thread (channels-last).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <type_traits>
@@ -371,7 +372,9 @@ void elementwise(const Op& op, const void* const* arrays, int n_arrays, const Bn
     const bool vectors =
         math::rows_vectorizable(detail::address(arrays[0]), g.c, sizeof(T), all_co_aligned);
     const int width = vectors ? kPerVec<T> : 1;
-    const int64_t ty = launch.threads / 32;
+    // At most 256 threads: the half/bf16 backward op holds 8 channels' coefficients (74
+    // registers on sm_80), too many for 1024-thread blocks.
+    const int64_t ty = std::min(launch.threads, 256) / 32;
     const int64_t gx = ceil_div(ceil_div(g.c, width), 32);
     const int64_t gy = clamp64(ceil_div(g.count(), ty * 4), 1, clamp64(blocks_cap / gx, 1, 65535));
     detail::launch(elemt_rows_kernel<T, Op>,
