@@ -1,5 +1,4 @@
 #include "nn/sync_batch_norm_cuda_kernels.h"
-
 #include "norm/cuda/cuda_common.cuh"  // launch(), also under the CPU emulation of tests
 #include "norm/norm_math.h"
 
