@@ -286,6 +286,37 @@ TEST_F(SyncBnNcclTest, OneCollectivePerPassAndNoneInEval) {
   EXPECT_EQ(layer.counters().backward_collectives, 1);
 }
 
+#if defined(SYNCBN_CUDA_EMULATION)
+}  // namespace
+}  // namespace syncbn
+long syncbn_emulated_host_syncs();  // tests/norm/cuda_emulation_runtime.cc
+namespace syncbn {
+namespace {
+
+// A training step only enqueues work: forward and backward make no CUDA call that would block the
+// host on a GPU (the emulated runtime counts them); finish() is where the step waits.
+TEST_F(SyncBnNcclTest, ForwardAndBackwardNeverWaitForTheDevice) {
+  for (bool channels_last : {false, true}) {
+    auto group = nn::make_bn_group(*world_, 0);
+    nn::SyncBatchNormOptions options;
+    options.num_features = 8;
+    nn::SyncBatchNormCuda layer(options, group.get(), "async");
+    DeviceFloats x(std::vector<float>(3 * 8 * 5, 1.0f)), y(std::vector<float>(3 * 8 * 5));
+    const norm::BnGeometry g{3, 8, 5, channels_last};
+    const long before = syncbn_emulated_host_syncs();
+    for (int step = 0; step < 2; ++step) {
+      layer.forward(x.get(), g, true, y.get());
+      layer.backward(x.get(), y.get());
+    }
+    layer.forward(x.get(), g, false, y.get());  // eval
+    layer.backward(x.get(), y.get());
+    EXPECT_EQ(syncbn_emulated_host_syncs() - before, 0);
+    layer.finish();
+    EXPECT_GT(syncbn_emulated_host_syncs() - before, 0);
+  }
+}
+#endif
+
 TEST_F(SyncBnNcclTest, GlobalSingleValueIsReportedByFinishOnEveryRank) {
   auto group = nn::make_bn_group(*world_, 0);
   nn::SyncBatchNormOptions options;
