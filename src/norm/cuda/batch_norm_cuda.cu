@@ -3,13 +3,14 @@
 // norm/batch_norm_cpu.cc; what differs is the parallelization:
 //
 //   reductions (bn_stats, bn_backward_reduce):
-//     contiguous, S > 1   grid (C, pieces): block (c, y) reduces pieces y, y + gridDim.y, … of
-//                         channel c, 16-byte loads inside each piece; one partial per block
+//     contiguous, S > 1   grid (C, y): each warp of block (c, y) reduces its own pieces of
+//                         channel c (a warp per piece, so short runs such as 7×7 still keep
+//                         most lanes busy), 16-byte loads inside each piece; one partial per block
 //     channels-last/(N,C) grid (channel groups, row blocks), block (32, ty): thread x owns 16
 //                         bytes of channels, thread y walks rows; merged over y in shared memory
 //     then merge_partials adds the per-block float64 partials per channel in block order.
 //   elementwise (bn_elemt, bn_backward_elemt): the same two walks, coefficients loaded once per
-//     piece (contiguous) or once per thread (channels-last).
+//     piece by each warp (contiguous) or once per thread (channels-last).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -50,11 +51,11 @@ using detail::store_vec;
 using detail::to_float;
 using detail::Vec;
 
-// Elements per piece of a contiguous channel run: a few vectors per thread.
+// Elements per piece of a contiguous channel run, the unit of work of one warp: four vectors
+// per lane.
+constexpr int kWarp = 32;
 template <typename T>
-int64_t piece_len(int threads) {
-  return static_cast<int64_t>(threads) * kPerVec<T> * 4;
-}
+constexpr int64_t kPieceLen = int64_t{kWarp} * kPerVec<T> * 4;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
@@ -130,20 +131,21 @@ __global__ void reduce_runs_kernel(Term term, int64_t N, int64_t C, int64_t S, i
   const int64_t c = blockIdx.x;
   const int64_t items = N * math::pieces_per_run(S, piece);
   A acc{};
-  for (int64_t item = blockIdx.y; item < items; item += gridDim.y) {
+  const int64_t warps = blockDim.x / kWarp, lane = threadIdx.x % kWarp;
+  for (int64_t item = static_cast<int64_t>(blockIdx.y) * warps + threadIdx.x / kWarp; item < items;
+       item += static_cast<int64_t>(gridDim.y) * warps) {
     const math::Piece p = math::channel_piece(item, c, C, S, piece);
     const math::VecSplit split =
         co_aligned
             ? math::split_for_vectors(detail::address(term.base() + p.begin), p.len, sizeof(T))
             : math::scalar_split(p.len);
-    math::for_each_split_item(split, kPerVec<T>, threadIdx.x, blockDim.x,
-                              [&](int64_t i, bool vectors) {
-                                if (vectors) {
-                                  term.push_vec(&acc, 0, p.begin + i, c);
-                                } else {
-                                  term.push(acc, p.begin + i, c);
-                                }
-                              });
+    math::for_each_split_item(split, kPerVec<T>, lane, kWarp, [&](int64_t i, bool vectors) {
+      if (vectors) {
+        term.push_vec(&acc, 0, p.begin + i, c);
+      } else {
+        term.push(acc, p.begin + i, c);
+      }
+    });
   }
   const A total = detail::block_merge(acc, detail::shared_memory<A>());
   if (threadIdx.x == 0) {
@@ -231,9 +233,9 @@ void reduce_channels(const Term& term, const void* const* arrays, int n_arrays, 
     grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
     shared = static_cast<size_t>(32 * ty * width) * sizeof(A);
   } else {
-    const int64_t piece = piece_len<T>(launch.threads);
-    const int64_t items = g.n * math::pieces_per_run(g.s, piece);
-    const int64_t gy = clamp64(blocks / C, 1, clamp64(items, 1, 65535));
+    const int64_t items = g.n * math::pieces_per_run(g.s, kPieceLen<T>);
+    const int64_t gy =
+        clamp64(blocks / C, 1, clamp64(ceil_div(items, launch.threads / kWarp), 1, 65535));
     block = dim3(static_cast<unsigned>(launch.threads));
     grid = dim3(static_cast<unsigned>(C), static_cast<unsigned>(gy));
     shared = static_cast<size_t>(launch.threads) * sizeof(A);
@@ -244,7 +246,7 @@ void reduce_channels(const Term& term, const void* const* arrays, int n_arrays, 
                    vectors, partial.as<double>());
   } else {
     detail::launch(reduce_runs_kernel<Term>, grid, block, shared, stream, term, g.n, C, g.s,
-                   piece_len<T>(launch.threads), all_co_aligned, partial.as<double>());
+                   kPieceLen<T>, all_co_aligned, partial.as<double>());
   }
   detail::launch(merge_partials_kernel, dim3(static_cast<unsigned>(ceil_div(C, 128))), dim3(128), 0,
                  stream, partial.as<double>(), static_cast<int>(grid.y), C, out_a, out_b);
@@ -318,7 +320,9 @@ __global__ void elemt_runs_kernel(Op op, const T* base, int64_t N, int64_t C, in
                                   int64_t piece, bool co_aligned) {
   const int64_t per_run = math::pieces_per_run(S, piece);
   const int64_t items = N * C * per_run;
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+  const int64_t warps = blockDim.x / kWarp, lane = threadIdx.x % kWarp;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * warps + threadIdx.x / kWarp; item < items;
+       item += static_cast<int64_t>(gridDim.x) * warps) {
     const int64_t plane = item / per_run;  // n·C + c
     const int64_t c = plane % C;
     const math::Piece p =
@@ -327,14 +331,13 @@ __global__ void elemt_runs_kernel(Op op, const T* base, int64_t N, int64_t C, in
     const math::VecSplit split =
         co_aligned ? math::split_for_vectors(detail::address(base + p.begin), p.len, sizeof(T))
                    : math::scalar_split(p.len);
-    math::for_each_split_item(split, kPerVec<T>, threadIdx.x, blockDim.x,
-                              [&](int64_t i, bool vectors) {
-                                if (vectors) {
-                                  op.apply_vec(p.begin + i, &k, 0);
-                                } else {
-                                  op.apply(p.begin + i, k);
-                                }
-                              });
+    math::for_each_split_item(split, kPerVec<T>, lane, kWarp, [&](int64_t i, bool vectors) {
+      if (vectors) {
+        op.apply_vec(p.begin + i, &k, 0);
+      } else {
+        op.apply(p.begin + i, k);
+      }
+    });
   }
 }
 
@@ -381,9 +384,10 @@ void elementwise(const Op& op, const void* const* arrays, int n_arrays, const Bn
                    dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)),
                    dim3(32, static_cast<unsigned>(ty)), 0, stream, op, g.count(), g.c, vectors);
   } else {
-    const int64_t piece = piece_len<T>(launch.threads);
+    const int64_t piece = kPieceLen<T>;
     const int64_t items = g.n * g.c * math::pieces_per_run(g.s, piece);
-    const int64_t grid = clamp64(items, 1, launch.max_blocks > 0 ? launch.max_blocks : blocks_cap);
+    const int64_t grid = clamp64(ceil_div(items, launch.threads / kWarp), 1,
+                                 launch.max_blocks > 0 ? launch.max_blocks : blocks_cap);
     detail::launch(elemt_runs_kernel<T, Op>, dim3(static_cast<unsigned>(grid)),
                    dim3(static_cast<unsigned>(launch.threads)), 0, stream, op,
                    static_cast<const T*>(arrays[0]), g.n, g.c, g.s, piece, all_co_aligned);
