@@ -15,11 +15,11 @@
 //  * LaunchConfig lets tests vary the block size and grid; the defaults suit the device.
 //
 // Parallelization. Contiguous (N, C, S) with S > 1: each channel is N runs of S elements, cut
-// into pieces (norm_math.h channel_piece); a block reduces (or transforms) pieces of one
-// channel with 16-byte loads inside each piece (split_for_vectors: scalar head, vectors, scalar
-// tail). Channels-last and (N, C): threads own 16 bytes of channels (or one channel when the
-// rows are not 16-byte aligned) and walk rows. Per-block partials go to a scratch array and one
-// thread per channel adds them in block order, so results are deterministic for a given
+// into pieces (norm_math.h channel_piece); each warp of a block reduces (or transforms) its own
+// pieces of one channel with 16-byte loads inside each piece (split_for_vectors: scalar head,
+// vectors, scalar tail). Channels-last and (N, C): threads own 16 bytes of channels (or one channel
+// when the rows are not 16-byte aligned) and walk rows. Per-block partials go to a scratch array
+// and one thread per channel adds them in block order, so results are deterministic for a given
 // LaunchConfig and device.
 #pragma once
 
