@@ -164,6 +164,8 @@ class Reporter {
 //                                     forever; the others then wait in the next collective): a
 //                                     stuck rank, for the supervisor's stall detection. N = the
 //                                     step it starts from (0): stuck before the first step.
+//   SYNCBN_TEST_STEP_SLEEP_MS=T       every rank sleeps T ms after each step: a slow run, so a
+//                                     test can act while it is still training.
 //   SYNCBN_TEST_FORGET_POSITION=1     a resume restores the weights but restarts the data order
 //                                     from the beginning: the negative control of the resume
 //                                     test.
@@ -172,6 +174,7 @@ struct TestHooks {
   int kill_rank = -1;
   int64_t hang_step = -1;
   int hang_rank = -1;
+  int64_t step_sleep_ms = 0;
   bool forget_position = false;
 
   static TestHooks from_env(int64_t generation) {
@@ -187,6 +190,8 @@ struct TestHooks {
     };
     parse("SYNCBN_TEST_KILL_AT_STEP", &h.kill_step, &h.kill_rank);
     parse("SYNCBN_TEST_HANG_AT_STEP", &h.hang_step, &h.hang_rank);
+    if (const char* sleep = std::getenv("SYNCBN_TEST_STEP_SLEEP_MS"))
+      h.step_sleep_ms = std::max<int64_t>(0, std::atoll(sleep));
     const char* forget = std::getenv("SYNCBN_TEST_FORGET_POSITION");
     h.forget_position = forget != nullptr && std::string(forget) == "1";
     return h;
@@ -446,6 +451,7 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
     }
     heartbeat(step);
     if (step == hooks.kill_step && world.rank() == hooks.kill_rank) ::raise(SIGKILL);
+    if (hooks.step_sleep_ms > 0) ::usleep(static_cast<useconds_t>(hooks.step_sleep_ms * 1000));
     if (step == hooks.hang_step && world.rank() == hooks.hang_rank) {
       for (;;) ::pause();
     }

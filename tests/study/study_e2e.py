@@ -174,8 +174,11 @@ def check_png(out):
 
 def resume(binary, tmp):
     out = os.path.join(tmp, "study")
+    # Every step 30 ms slower (128 steps a run): the run in flight is surely still training
+    # when the kill reaches it, on however fast a machine.
     proc = subprocess.Popen([binary, "study", "--config", TINY, "--out", out],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, SYNCBN_TEST_STEP_SLEEP_MS="30"))
     deadline = time.time() + 120
     while len(csv_rows(out)) < 1:
         if proc.poll() is not None:
