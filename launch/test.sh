@@ -39,9 +39,11 @@ ctest --test-dir build -L gpu --output-on-failure --timeout 300
 
 if ((asan)); then
   echo "== ctest (ASan + UBSan, unit tests)"
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCBN_SANITIZE=ON \
-    -DSYNCBN_WERROR=ON -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_CUDA=OFF >/dev/null
-  cmake --build build-asan -j "$jobs"
+  # Only the unit-test executables, at -O1 with line tables: what the sanitizers need, in about
+  # half the build time of a full RelWithDebInfo tree.
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" \
+    -DSYNCBN_SANITIZE=ON -DSYNCBN_WERROR=ON -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_CUDA=OFF >/dev/null
+  cmake --build build-asan -j "$jobs" --target syncbn_unit_tests
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan -L unit --output-on-failure --timeout 300
 fi
