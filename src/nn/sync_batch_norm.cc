@@ -54,17 +54,22 @@ std::unique_ptr<comm::Communicator> make_bn_group(comm::Communicator& world, int
   return comm::split_consecutive(world, group);
 }
 
+void validate(const SyncBatchNormOptions& options, const std::string& layer_name) {
+  SYNCBN_REQUIRE(options.num_features >= 1, "SyncBatchNorm '", layer_name,
+                 "': num_features must be >= 1, got ", options.num_features);
+  SYNCBN_REQUIRE(std::isfinite(options.eps) && options.eps > 0, "SyncBatchNorm '", layer_name,
+                 "': eps must be a positive finite number, got ", options.eps);
+  SYNCBN_REQUIRE(!options.momentum || (*options.momentum >= 0 && *options.momentum <= 1),
+                 "SyncBatchNorm '", layer_name, "': momentum must be in [0, 1] or None, got ",
+                 options.momentum.value_or(0));
+}
+
 SyncBatchNorm::SyncBatchNorm(const SyncBatchNormOptions& options, comm::Communicator* group,
                              std::string name)
     : options_(options), group_(group), name_(std::move(name)) {
   SYNCBN_CHECK(group_ != nullptr);
+  validate(options_, name_);
   const int64_t C = options_.num_features;
-  SYNCBN_REQUIRE(C >= 1, "SyncBatchNorm '", name_, "': num_features must be >= 1, got ", C);
-  SYNCBN_REQUIRE(std::isfinite(options_.eps) && options_.eps > 0, "SyncBatchNorm '", name_,
-                 "': eps must be a positive finite number, got ", options_.eps);
-  SYNCBN_REQUIRE(!options_.momentum || (*options_.momentum >= 0 && *options_.momentum <= 1),
-                 "SyncBatchNorm '", name_, "': momentum must be in [0, 1] or None, got ",
-                 options_.momentum.value_or(0));
   if (options_.affine) {
     weight_ = Tensor({C});
     bias_ = Tensor({C});

@@ -41,6 +41,10 @@ struct SyncBatchNormOptions {
   bool track_running_stats = true;
 };
 
+// Throws syncbn::Error naming the layer if num_features, eps or momentum is out of range (the
+// CPU and the CUDA layer accept the same options).
+void validate(const SyncBatchNormOptions& options, const std::string& layer_name);
+
 // What this layer has sent through its group since construction or reset.
 struct SyncBnCounters {
   int64_t forward_collectives = 0;

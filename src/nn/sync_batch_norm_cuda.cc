@@ -65,13 +65,8 @@ SyncBatchNormCuda::SyncBatchNormCuda(const SyncBatchNormOptions& options, comm::
                                      std::string name)
     : options_(options), group_(group), name_(std::move(name)) {
   SYNCBN_CHECK(group_ != nullptr);
+  validate(options_, name_);
   const int64_t C = options_.num_features;
-  SYNCBN_REQUIRE(C >= 1, "SyncBatchNorm '", name_, "': num_features must be >= 1, got ", C);
-  SYNCBN_REQUIRE(std::isfinite(options_.eps) && options_.eps > 0, "SyncBatchNorm '", name_,
-                 "': eps must be a positive finite number, got ", options_.eps);
-  SYNCBN_REQUIRE(!options_.momentum || (*options_.momentum >= 0 && *options_.momentum <= 1),
-                 "SyncBatchNorm '", name_, "': momentum must be in [0, 1] or None, got ",
-                 options_.momentum.value_or(0));
   SYNCBN_REQUIRE(group_->memory_space() == comm::MemorySpace::kCudaDevice, "SyncBatchNorm '", name_,
                  "' on CUDA needs a communicator with device buffers (nccl), got ",
                  comm::to_string(group_->backend()));

@@ -245,6 +245,30 @@ TEST_F(SyncBatchNormTest, GroupSizeMustDivideTheWorld) {
   }
 }
 
+TEST_F(SyncBatchNormTest, BadOptionsAreRefusedWithTheLayerName) {
+  struct Case {
+    nn::SyncBatchNormOptions options;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{.num_features = 0}, "SyncBatchNorm 'bn7': num_features must be >= 1, got 0"},
+      {{.num_features = 4, .eps = 0}, "SyncBatchNorm 'bn7': eps must be a positive finite"},
+      {{.num_features = 4, .eps = NAN}, "SyncBatchNorm 'bn7': eps must be a positive finite"},
+      {{.num_features = 4, .momentum = 1.5}, "SyncBatchNorm 'bn7': momentum must be in [0, 1]"},
+  };
+  for (const Case& c : cases) {
+    try {
+      nn::SyncBatchNorm layer(c.options, &world(), "bn7");
+      ADD_FAILURE() << "accepted; expected: " << c.message;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << e.what();
+    }
+  }
+  // In range: momentum None (cumulative average) and 0 are both fine.
+  EXPECT_NO_THROW(nn::SyncBatchNorm({.num_features = 4, .momentum = std::nullopt}, &world(), "a"));
+  EXPECT_NO_THROW(nn::SyncBatchNorm({.num_features = 4, .momentum = 0.0}, &world(), "b"));
+}
+
 TEST_F(SyncBatchNormTest, GlobalSingleValueRaisesOnEveryRank) {
   comm::Communicator& w = world();
   auto group = nn::make_bn_group(w, 0);
