@@ -14,6 +14,7 @@
 
 #include "ckpt/json.h"
 #include "core/error.h"
+#include "core/unique_fd.h"
 
 namespace syncbn::ckpt {
 
@@ -237,27 +238,6 @@ void append_le64(std::vector<uint8_t>& out, uint64_t v) {
   std::memcpy(out.data() + at, &v, 8);
 }
 
-// A POSIX file descriptor, closed on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now, reporting the error close() may return for buffered writes.
-  int close() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
 void write_all(int fd, const uint8_t* data, size_t size, const std::string& path) {
   while (size > 0) {
     const ssize_t n = ::write(fd, data, size);
@@ -321,7 +301,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorEntry>& 
   const std::vector<uint8_t> bytes = encode_safetensors(entries, metadata);
   static std::atomic<uint64_t> counter{0};
   const std::string temp = str_cat(path, ".tmp.", ::getpid(), ".", counter++);
-  Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
+  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   SYNCBN_REQUIRE(fd.get() >= 0, temp, ": cannot create: ", std::strerror(errno));
   // Removes the temporary file unless it was renamed into place.
   struct Unlink {
@@ -340,12 +320,12 @@ void write_safetensors(const std::string& path, const std::vector<TensorEntry>& 
   // Make the rename itself durable.
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   const std::filesystem::path dir = parent.empty() ? std::filesystem::path(".") : parent;
-  Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
 }
 
 std::vector<TensorEntry> read_safetensors(const std::string& path, Metadata* metadata) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   SYNCBN_REQUIRE(fd.get() >= 0, path, ": cannot open: ", std::strerror(errno));
   struct stat st {};
   SYNCBN_REQUIRE(::fstat(fd.get(), &st) == 0, path, ": cannot stat: ", std::strerror(errno));

@@ -7,35 +7,11 @@
 #include <string>
 #include <utility>
 
+#include "core/unique_fd.h"
+
 namespace syncbn::coordinator {
 
-// Owns one file descriptor; closes it on destruction (errors from that close are ignored:
-// callers that care call close() themselves and check it).
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() { reset(); }
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) {
-      reset();
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  void reset();
-  // Closes now; returns 0 or the errno of close(2).
-  int close();
-
- private:
-  int fd_ = -1;
-};
+using syncbn::UniqueFd;
 
 // "<what> '<path>': <strerror(err)>".
 std::string errno_message(const std::string& what, const std::string& path, int err);

@@ -24,6 +24,7 @@
 #include <sstream>
 
 #include "ckpt/json.h"
+#include "core/unique_fd.h"
 
 namespace syncbn::train {
 namespace {
@@ -909,27 +910,13 @@ class SignalScope {
   struct sigaction old_int_ = {}, old_term_ = {};
 };
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 // Runs argv with stdout and stderr to log_path; returns the wait status. The child gets SIGTERM
 // when the study dies, even by SIGKILL (PR_SET_PDEATHSIG), so no run outlives its study.
 int run_logged(const std::vector<std::string>& argv, const std::string& log_path) {
-  Fd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   SYNCBN_REQUIRE(log.get() >= 0, "cannot write the run log '", log_path,
                  "': ", std::strerror(errno));
-  Fd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -1038,7 +1025,7 @@ void write_outputs(const StudyConfig& study, const std::vector<RunResult>& resul
 // Appends one line with a single write and fsyncs it: a crash leaves whole rows, at worst a
 // torn last line, which the next start drops.
 void append_line(const std::string& path, const std::string& line) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   SYNCBN_REQUIRE(fd.get() >= 0, "cannot append to '", path, "': ", std::strerror(errno));
   const ssize_t n = ::write(fd.get(), line.data(), line.size());
   SYNCBN_REQUIRE(n == static_cast<ssize_t>(line.size()), "cannot append to '", path,
