@@ -64,7 +64,12 @@ class Conv2d : public Layer {
   int64_t in_channels_, out_channels_, kernel_, stride_, padding_;
   bool has_bias_;
   Tensor weight_, bias_, grad_weight_, grad_bias_;
-  Tensor saved_x_;  // the last forward's input, until backward
+  // From the last forward until backward: its input shape, and either col (keep_col_, training
+  // forwards) or a copy of its input. kept_col_ is reused from step to step.
+  std::vector<int64_t> in_shape_;
+  bool keep_col_ = false;
+  std::vector<float> kept_col_;
+  Tensor saved_x_;
   bool have_saved_ = false;
 };
 

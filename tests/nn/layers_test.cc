@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <ostream>
@@ -352,6 +353,40 @@ TEST(NnMaxPool2d, TiesGoToTheFirstMaximum) {
   EXPECT_EQ(y.data()[0], 0.0f);
   EXPECT_EQ(dx.data()[0], 1.0f);
   EXPECT_EQ(dx.data()[1] + dx.data()[2] + dx.data()[3], 0.0f);
+}
+
+// NaN wins (the last NaN of a window, as in PyTorch's CPU kernel), and an all -inf window
+// points at its first element: in the 2x2 fast path and in the general loop (3x3, stride 3).
+TEST(NnMaxPool2d, NanAndInfinityFollowPyTorch) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const int64_t k : {2, 3}) {
+    SCOPED_TRACE(k);
+    MaxPool2d pool(k);
+    Tensor x({1, 3, k, k});
+    float* p = x.data();
+    const int64_t area = k * k;
+    for (int64_t i = 0; i < area; ++i) {
+      p[i] = static_cast<float>(i);                 // channel 0: NaN at 1 and at area - 1
+      p[area + i] = -inf;                           // channel 1: every value -inf
+      p[2 * area + i] = static_cast<float>(i % 2);  // channel 2: ties, first maximum at 1
+    }
+    p[1] = nan;
+    p[area - 1] = nan;
+    const Tensor y = pool.forward(x, true);
+    EXPECT_TRUE(std::isnan(y.data()[0]));
+    EXPECT_EQ(y.data()[1], -inf);
+    EXPECT_EQ(y.data()[2], 1.0f);
+    Tensor g({1, 3, 1, 1});
+    for (int64_t c = 0; c < 3; ++c) g.data()[c] = 1.0f;
+    const Tensor dx = pool.backward(g);
+    for (int64_t i = 0; i < area; ++i) {
+      SCOPED_TRACE(i);
+      EXPECT_EQ(dx.data()[i], i == area - 1 ? 1.0f : 0.0f);
+      EXPECT_EQ(dx.data()[area + i], i == 0 ? 1.0f : 0.0f);
+      EXPECT_EQ(dx.data()[2 * area + i], i == 1 ? 1.0f : 0.0f);
+    }
+  }
 }
 
 TEST(NnAdaptiveAvgPool2d, MatchesFiniteDifferences) {
