@@ -255,6 +255,33 @@ TEST(NnConv2d, ChunkedBatchMatchesPerSample) {
   }
 }
 
+// A training forward keeps its im2col buffer for the backward; an eval forward keeps only the
+// input and the backward recomputes col. Both give the same gradients, bit for bit, also when the
+// kept buffer was sized by a larger earlier batch.
+TEST(NnConv2d, BackwardAfterEvalForwardMatchesTraining) {
+  Rng rng(3);
+  Conv2d conv(5, 6, 3, 2, 1, true, rng);
+  const Tensor big = random_tensor({7, 5, 9, 8}, 4);
+  conv.forward(big, true);
+  conv.backward(random_tensor({7, 6, 5, 4}, 5));
+  const Tensor x = random_tensor({3, 5, 9, 8}, 6);
+  const Tensor g = random_tensor({3, 6, 5, 4}, 7);
+  Tensor grads[2][3];                          // [training] = {dx, dW, db}
+  for (const bool training : {false, true}) {  // eval first: kept_col_ still holds big's col
+    zero_grads(conv);
+    conv.forward(x, training);
+    grads[training][0] = conv.backward(g);
+    grads[training][1] = conv.grad_weight();
+    grads[training][2] = conv.grad_bias();
+  }
+  for (int i = 0; i < 3; ++i) {
+    const Tensor& a = grads[0][i];
+    const Tensor& b = grads[1][i];
+    ASSERT_EQ(a.shape(), b.shape());
+    for (int64_t j = 0; j < a.numel(); ++j) ASSERT_EQ(a.data()[j], b.data()[j]) << i << " " << j;
+  }
+}
+
 TEST(NnConv2d, ChannelsLastInputGivesTheSameResult) {
   Rng rng(1);
   Conv2d conv(3, 4, 3, 2, 1, true, rng);
