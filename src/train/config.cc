@@ -144,8 +144,10 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   for (const std::string& o : overrides) apply_override(root, o);
 
   Config c;
-  MapReader top(root, "", {"seed", "data", "model", "train", "checkpoint"});
+  MapReader top(root, "", {"seed", "device", "data", "model", "train", "checkpoint"});
   top.read("seed", c.seed, "a non-negative integer");
+  top.read("device", c.device, "a device name");
+  require_choice("device", c.device, {"cpu", "cuda"});
 
   MapReader data(top.child("data"), "data",
                  {"dir", "train_limit", "test_limit", "shuffle", "augment"});
@@ -173,6 +175,12 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
                  "config key 'model.layers' is only used with model.preset: list");
   SYNCBN_REQUIRE(c.model.preset != "list" || !c.model.layers.empty(),
                  "config key 'model.layers' must list the layers when model.preset is list");
+  // The CUDA backend (train/cuda) runs BN through SyncBatchNormCuda; GN, LN and IN have CUDA
+  // kernels (norm/cuda) but no CUDA layer yet.
+  SYNCBN_REQUIRE(c.device != "cuda" || c.model.norm == "syncbn" || c.model.norm == "bn" ||
+                     c.model.norm == "none",
+                 "config key 'model.norm' must be one of bn, none, syncbn with device: cuda, got '",
+                 c.model.norm, "'");
 
   MapReader t(top.child("train"), "train",
               {"per_rank_batch", "epochs", "steps", "lr", "momentum", "nesterov", "weight_decay",
@@ -240,6 +248,7 @@ std::string to_yaml(const Config& c) {
   out.SetDoublePrecision(17);
   out << YAML::BeginMap;
   out << YAML::Key << "seed" << YAML::Value << c.seed;
+  out << YAML::Key << "device" << YAML::Value << c.device;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "dir" << YAML::Value << c.data.dir;
   out << YAML::Key << "train_limit" << YAML::Value << c.data.train_limit;

@@ -22,6 +22,8 @@ struct LayerSpec {
 
 struct Config {
   uint64_t seed = 0;
+  // Where each rank trains: cpu, or cuda (one GPU per rank, train/cuda; norm syncbn, bn or none).
+  std::string device = "cpu";
   struct Data {
     std::string dir = "/usr/share/datasets/fashion-mnist";
     int64_t train_limit = 0;  // 0 = all

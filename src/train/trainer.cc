@@ -22,6 +22,7 @@
 #include "train/checkpoint.h"
 #include "train/grad_reducer.h"
 #include "train/model.h"
+#include "train/step_backend.h"
 #include "train/weights.h"
 
 extern "C" void openblas_set_num_threads(int num_threads);
@@ -198,7 +199,57 @@ struct TestHooks {
   }
 };
 
+// The CPU step: the host model's layers, gradients reduced in buckets as backward produces them
+// (parameters of layer i are final once its backward has run), then SGD.
+class CpuBackend final : public StepBackend {
+ public:
+  CpuBackend(Sequential& model, optim::SGD& sgd, comm::Communicator& world)
+      : model_(model), sgd_(sgd), reducer_(model.parameters(), &world) {
+    const std::vector<size_t> owner = model.parameter_layers();
+    params_of_layer_.resize(model.size());
+    for (size_t k = 0; k < owner.size(); ++k) params_of_layer_[owner[k]].push_back(k);
+  }
+
+  void step(const data::Batch& batch, double lr) override {
+    sgd_.zero_grad();
+    const Tensor logits = model_.forward(batch.images, /*training=*/true);
+    Tensor dlogits;
+    // d(mean loss over the global batch)/d logits: summing the ranks' gradients gives the
+    // gradient of one process training on the whole global batch, also for uneven slices.
+    loss_sum_ = nn::softmax_cross_entropy(logits, batch.labels.data(),
+                                          1.0 / static_cast<double>(batch.global_batch_size),
+                                          &dlogits, nullptr);
+    model_.backward(dlogits, [&](size_t layer) {
+      for (size_t k : params_of_layer_[layer]) reducer_.mark_ready(k);
+    });
+    reducer_.finish();
+    sgd_.step(lr);
+  }
+
+  double last_loss_sum() override { return loss_sum_; }
+
+  double sync_bn_comm_seconds() override {
+    double seconds = 0;
+    for (size_t i = 0; i < model_.size(); ++i)
+      if (auto* bn = dynamic_cast<nn::SyncBatchNormLayer*>(&model_.layer(i)))
+        seconds += bn->impl().counters().comm_seconds;
+    return seconds;
+  }
+
+ private:
+  Sequential& model_;
+  optim::SGD& sgd_;
+  GradReducer reducer_;
+  std::vector<std::vector<size_t>> params_of_layer_;
+  double loss_sum_ = 0;
+};
+
 }  // namespace
+
+std::unique_ptr<StepBackend> make_cpu_backend(Sequential& model, optim::SGD& sgd,
+                                              comm::Communicator& world) {
+  return std::make_unique<CpuBackend>(model, sgd, world);
+}
 
 Config join_run(coordinator::Client& client, const std::string& run_id, int64_t generation,
                 const Config& own, comm::Communicator& world) {
@@ -241,6 +292,9 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   const int threads = static_cast<int>(config.train.threads);
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
+
+  // A GPU may be missing on some hosts only.
+  if (config.device == "cuda") agree(world, [] { require_cuda_device(); });
 
   // Errors here depend only on the config, which every rank shares: they are raised on every
   // rank before any collective, so no rank is left waiting.
@@ -287,12 +341,10 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   schedule.min_lr = config.train.min_lr;
   schedule.validate();
 
-  // Gradients of layer i are final once its backward has run: mark its parameters ready.
   TrainResult result;
-  GradReducer reducer(params, &world);
-  const std::vector<size_t> owner = model.parameter_layers();
-  std::vector<std::vector<size_t>> params_of_layer(model.size());
-  for (size_t k = 0; k < owner.size(); ++k) params_of_layer[owner[k]].push_back(k);
+  const std::unique_ptr<StepBackend> backend = config.device == "cuda"
+                                                   ? make_cuda_backend(config, model, sgd, world)
+                                                   : make_cpu_backend(model, sgd, world);
 
   // Resume: rank 0 reads the newest valid checkpoint and sends it to every rank; each restores
   // it (the same bytes, so the same outcome everywhere).
@@ -334,7 +386,12 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
     }
   }
   result.resumed_from = start_step;
+  backend->from_host();
+  // Local BN keeps per-rank running statistics; evaluation, checkpoints and export use rank 0's.
+  const bool local_bn = config.model.norm == "bn";
   auto save_checkpoint = [&](int64_t step) {
+    backend->to_host();
+    if (local_bn) broadcast_buffers(model, world);
     agree(world, [&] {
       if (world.rank() != 0) return;
       const std::vector<uint8_t> payload =
@@ -365,8 +422,8 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   };
 
   Reporter reporter(world.rank() == 0, options.metrics_out, options.progress, total_steps);
-  const bool local_bn = config.model.norm == "bn";
   auto run_eval = [&](int64_t step, int64_t epoch) {
+    backend->to_host();
     if (local_bn) broadcast_buffers(model, world);
     const EvalResult r = evaluate(model, test_set, world);
     reporter.eval(step, epoch, r);
@@ -376,13 +433,6 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
 
   double window_images = 0;
   Clock::time_point window_start = Clock::now();
-  auto sync_bn_comm_seconds = [&model] {
-    double seconds = 0;
-    for (size_t i = 0; i < model.size(); ++i)
-      if (auto* bn = dynamic_cast<nn::SyncBatchNormLayer*>(&model.layer(i)))
-        seconds += bn->impl().counters().comm_seconds;
-    return seconds;
-  };
   double window_comm_start = 0;
   int64_t window_steps = 0;
   bool evaluated_last = false;
@@ -398,29 +448,16 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
         loader.batch(data_step / steps_per_epoch, data_step % steps_per_epoch);
     const double lr = schedule.lr_at(step);
 
-    sgd.zero_grad();
-    const Tensor logits = model.forward(batch.images, /*training=*/true);
-    Tensor dlogits;
-    int64_t correct = 0;
-    // d(mean loss over the global batch)/d logits: summing the ranks' gradients gives the
-    // gradient of one process training on the whole global batch, also for uneven slices.
-    const double loss_sum = nn::softmax_cross_entropy(
-        logits, batch.labels.data(), 1.0 / static_cast<double>(batch.global_batch_size), &dlogits,
-        &correct);
-    model.backward(dlogits, [&](size_t layer) {
-      for (size_t k : params_of_layer[layer]) reducer.mark_ready(k);
-    });
-    reducer.finish();
-    sgd.step(lr);
+    backend->step(batch, lr);
     window_images += static_cast<double>(batch.global_batch_size);
     ++window_steps;
 
     if (step % config.train.log_every == 0 || step == total_steps) {
-      double loss = loss_sum;
+      double loss = backend->last_loss_sum();
       world.allreduce_sum(&loss, 1);
       loss /= static_cast<double>(batch.global_batch_size);
       const double seconds = std::chrono::duration<double>(Clock::now() - window_start).count();
-      const double comm_seconds = sync_bn_comm_seconds();
+      const double comm_seconds = backend->sync_bn_comm_seconds();
       reporter.train(step, epoch, loss, lr, window_images / std::max(seconds, 1e-9),
                      1e3 * (comm_seconds - window_comm_start) / static_cast<double>(window_steps));
       if (coord != nullptr && world.rank() == 0) {
@@ -446,7 +483,6 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
     result.steps = step;
     if (checkpointing && config.checkpoint.every_steps > 0 &&
         step % config.checkpoint.every_steps == 0 && step < total_steps) {
-      if (local_bn) broadcast_buffers(model, world);
       save_checkpoint(step);
     }
     heartbeat(step);
@@ -457,6 +493,7 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
     }
   }
   if (!evaluated_last) run_eval(total_steps, (total_steps - 1) / steps_per_epoch);
+  backend->to_host();
   if (local_bn) broadcast_buffers(model, world);
   if (checkpointing && result.steps > start_step) save_checkpoint(total_steps);
   agree(world, [&] {

@@ -257,15 +257,8 @@ TEST_F(CudaLayersTest, SgdMatchesCpu) {
                              cudaMemcpyHostToDevice),
                   cudaSuccess);
         const double lr = 0.05 * (step + 1);
-        cuda::SgdStep u;
-        u.weight_decay = static_cast<float>(c.weight_decay);
-        u.momentum = static_cast<float>(c.momentum);
-        u.one_minus_dampening = static_cast<float>(1.0 - c.dampening);
-        u.neg_lr = static_cast<float>(-lr);
-        u.has_weight_decay = c.weight_decay != 0;
-        u.has_momentum = c.momentum != 0;
-        u.first_momentum_step = step == 0;
-        u.nesterov = c.nesterov;
+        const cuda::SgdStep u =
+            cuda::sgd_step(lr, c.momentum, c.dampening, c.weight_decay, c.nesterov, step == 0);
         cuda::sgd_update(v_dev.get(), g_dev.get(), u.has_momentum ? buf.get() : nullptr, n, u, s());
         cpu.step(lr);
         const std::string what = "sgd momentum " + std::to_string(c.momentum) + " nesterov " +

@@ -52,9 +52,10 @@ TEST(Config, OverridesApplyBeforeValidation) {
 
 TEST(Config, RejectsWithTheKeyAndWhatIsAllowed) {
   expect_error([] { parse_config("train: [1, 2"); }, "not valid YAML");
-  expect_error([] { parse_config(std::string(kMinimal) + "optimizer: sgd\n"); },
-               "unknown config key 'optimizer'; allowed keys here: checkpoint, data, model, seed, "
-               "train");
+  expect_error(
+      [] { parse_config(std::string(kMinimal) + "optimizer: sgd\n"); },
+      "unknown config key 'optimizer'; allowed keys here: checkpoint, data, device, model, "
+      "seed, train");
   expect_error(
       [] { parse_config(kMinimal, {"model.norm=batchnorm"}); },
       "config key 'model.norm' must be one of bn, gn, in, ln, none, syncbn, got 'batchnorm'");
@@ -79,6 +80,29 @@ TEST(Config, RejectsWithTheKeyAndWhatIsAllowed) {
                "'model.layers' must list the layers");
   expect_error([] { load_config("/nonexistent/config.yaml"); },
                "cannot read config file '/nonexistent/config.yaml'");
+}
+
+TEST(Config, Device) {
+  EXPECT_EQ(parse_config(kMinimal).device, "cpu");
+  EXPECT_EQ(parse_config(kMinimal, {"device=cuda"}).device, "cuda");
+  EXPECT_EQ(parse_config("device: cuda\n" + std::string(kMinimal), {"model.norm=bn"}).device,
+            "cuda");
+  expect_error([] { parse_config(kMinimal, {"device=gpu"}); },
+               "config key 'device' must be one of cpu, cuda, got 'gpu'");
+  expect_error([] { parse_config(kMinimal, {"device=[cuda]"}); },
+               "config key 'device' must be a device name");
+  // GN, LN and IN have no CUDA layer yet: refused by name instead of failing at run time.
+  for (const char* norm : {"gn", "ln", "in"}) {
+    expect_error(
+        [&] {
+          parse_config(kMinimal, {"device=cuda", std::string("model.norm=") + norm});
+        },
+        "config key 'model.norm' must be one of bn, none, syncbn with device: cuda, got '" +
+            std::string(norm) + "'");
+  }
+  const Config cuda = parse_config(kMinimal, {"device=cuda"});
+  EXPECT_EQ(parse_config(to_yaml(cuda)).device, "cuda");
+  EXPECT_NE(config_hash(cuda), config_hash(parse_config(kMinimal)));
 }
 
 TEST(Config, CanonicalYamlRoundTripsAndHashesTheEffectiveConfig) {

@@ -6,6 +6,9 @@
   e2e.py BIN determinism   two identical runs: byte-identical weights and metrics
   e2e.py BIN interop       exported weights load into torch.nn.Sequential; same accuracy
   e2e.py BIN errors        bad config / data / weights: clear message, non-zero exit, no hang
+  e2e.py BIN device MODE   device: cuda where it cannot run, -np 2: every rank says why, non-zero
+                           exit. MODE cuda (a build with the CUDA trainer; exits 77, skipped,
+                           when a GPU is visible) or cpu (a build without it)
   e2e.py BIN resume        a rank killed (SIGKILL) mid-run, relaunched with --resume: weights
                            byte-identical to an uninterrupted run (also at an epoch boundary,
                            and 4 → 2 ranks to 1e-4); restarting the data order instead fails
@@ -241,6 +244,23 @@ def errors(binary, out):
     print("errors/resume_damaged: truncated newest checkpoint skipped, resumed from step 4")
 
 
+def device(binary, out, mode):
+    fragment = {"cuda": "device: cuda but no CUDA device is visible (cudaGetDeviceCount: ",
+                "cpu": "device: cuda, but this syncbn was built without the CUDA trainer"}[mode]
+    _, _, proc = train(binary, 2, out, "device_cuda", ["device=cuda", "train.steps=2"],
+                       check=False, timeout=300)
+    text = proc.stdout + proc.stderr
+    if mode == "cuda" and proc.returncode == 0:
+        print("device: a CUDA device is visible here; the no-device path is not testable (skipped)")
+        sys.exit(77)
+    if proc.returncode == 0 or "MPI_ABORT" in text or "Signal:" in text:
+        sys.exit(f"device: expected a clean non-zero exit, got {proc.returncode}:\n{text}")
+    for rank in (0, 1):
+        if f"[rank {rank}] error: {fragment}" not in text:
+            sys.exit(f"device: rank {rank} did not say {fragment!r}:\n{text}")
+    print(f"device: exit {proc.returncode}, both ranks said {fragment!r}")
+
+
 def same_bytes(a, b):
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return fa.read() == fb.read()
@@ -349,6 +369,9 @@ def coordinator(binary, out):
 def main():
     binary, check = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="syncbn-e2e-") as out:
+        if check == "device":
+            device(binary, out, sys.argv[3])
+            return
         {"equivalence": equivalence, "uneven": uneven, "determinism": determinism,
          "interop": interop, "errors": errors, "resume": resume,
          "coordinator": coordinator}[check](binary, out)

@@ -1,0 +1,791 @@
+// The CUDA step backend (train/step_backend.h): the step of train/trainer.cc's CPU backend on one
+// GPU per rank, with the same math, so that losses match the CPU trainer's to float32 rounding and
+// weights move between the two (and PyTorch) through the host model.
+//
+//   conv      cuDNN forward / backward data / backward filter, NCHW float32, FMA math (no TF32);
+//             per layer and batch size the first deterministic algorithm of cuDNN's v7
+//             heuristics that fits the workspace limit
+//   linear    cuBLAS sgemm (row-major y = x·Wᵀ as column-major yᵀ = W·xᵀ)
+//   norms     nn::SyncBatchNormCuda over an NCCL BN group (syncbn), or a group of one rank (bn)
+//   the rest  nn/cuda/layers_cuda.h: relu, max pool, global average pool, bias, softmax
+//             cross-entropy, SGD
+//
+// Streams. Everything of the step runs on the compute stream, the stream of the NCCL world that
+// the SyncBN layers use. The batch is copied from pinned host memory on a copy stream (an event
+// orders it before the forward). Gradients live in one flat device array in parameter order;
+// buckets of about 1 MiB, in the reverse order backward produces them, are allreduced in place
+// by a second NCCL world on a side stream as soon as their last parameter's backward has been
+// enqueued (an event per bucket), so the reduction overlaps the rest of backward; SGD waits for
+// the side stream with an event. The host waits once per step, at its end (the collectives'
+// completion and SyncBatchNormCuda::finish(), which reports problems the device found).
+//
+// One rank per GPU: the NCCL backend makes the rank's index among the ranks of its node
+// (MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)) its CUDA device (comm/nccl_communicator.cc).
+//
+// CUDA, cuDNN, cuBLAS and NCCL call failures abort with file:line (STYLE.md rule 8).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "nn/cuda/layers_cuda.h"
+#include "nn/layers.h"
+#include "nn/sync_batch_norm_cuda.h"
+#include "train/step_backend.h"
+
+namespace syncbn::train {
+namespace {
+
+[[noreturn]] void gpu_call_failed(const char* file, int line, const char* call, const char* what) {
+  std::fprintf(stderr, "syncbn: %s:%d: %s failed: %s\n", file, line, call, what);
+  std::fflush(stderr);
+  std::abort();
+}
+
+#define SYNCBN_TRAIN_CUDA_CHECK(call)                                          \
+  do {                                                                         \
+    const cudaError_t status_ = (call);                                        \
+    if (status_ != cudaSuccess)                                                \
+      gpu_call_failed(__FILE__, __LINE__, #call, cudaGetErrorString(status_)); \
+  } while (0)
+#define SYNCBN_CUDNN_CHECK(call)                                                \
+  do {                                                                          \
+    const cudnnStatus_t status_ = (call);                                       \
+    if (status_ != CUDNN_STATUS_SUCCESS)                                        \
+      gpu_call_failed(__FILE__, __LINE__, #call, cudnnGetErrorString(status_)); \
+  } while (0)
+#define SYNCBN_CUBLAS_CHECK(call)                                                 \
+  do {                                                                            \
+    const cublasStatus_t status_ = (call);                                        \
+    if (status_ != CUBLAS_STATUS_SUCCESS)                                         \
+      gpu_call_failed(__FILE__, __LINE__, #call, cublasGetStatusString(status_)); \
+  } while (0)
+
+cudaStream_t to_cuda(CUstream_st* stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+// Device memory of n elements (none for n = 0).
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  explicit DeviceArray(size_t n) : n_(n) {
+    if (n > 0) SYNCBN_TRAIN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+  }
+  ~DeviceArray() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  DeviceArray(DeviceArray&& other) noexcept
+      : p_(std::exchange(other.p_, nullptr)), n_(std::exchange(other.n_, 0)) {}
+  DeviceArray& operator=(DeviceArray&& other) noexcept {
+    std::swap(p_, other.p_);
+    std::swap(n_, other.n_);
+    return *this;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Page-locked host memory, so that cudaMemcpyAsync is truly asynchronous.
+template <typename T>
+class PinnedArray {
+ public:
+  explicit PinnedArray(size_t n) {
+    SYNCBN_TRAIN_CUDA_CHECK(
+        cudaMallocHost(reinterpret_cast<void**>(&p_), std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  ~PinnedArray() { cudaFreeHost(p_); }
+  PinnedArray(const PinnedArray&) = delete;
+  PinnedArray& operator=(const PinnedArray&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+class Stream {
+ public:
+  Stream() { SYNCBN_TRAIN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+class Event {
+ public:
+  Event() { SYNCBN_TRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  ~Event() { cudaEventDestroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  // Work enqueued on `waiter` from now on runs after the work enqueued on `producer` so far.
+  void order(cudaStream_t producer, cudaStream_t waiter) {
+    SYNCBN_TRAIN_CUDA_CHECK(cudaEventRecord(event_, producer));
+    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamWaitEvent(waiter, event_, 0));
+  }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+template <typename T, cudnnStatus_t (*Create)(T*), cudnnStatus_t (*Destroy)(T)>
+class CudnnDescriptor {
+ public:
+  CudnnDescriptor() { SYNCBN_CUDNN_CHECK(Create(&descriptor_)); }
+  ~CudnnDescriptor() { Destroy(descriptor_); }
+  CudnnDescriptor(const CudnnDescriptor&) = delete;
+  CudnnDescriptor& operator=(const CudnnDescriptor&) = delete;
+  T get() const { return descriptor_; }
+
+ private:
+  T descriptor_;
+};
+using TensorDescriptor = CudnnDescriptor<cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor,
+                                         cudnnDestroyTensorDescriptor>;
+using FilterDescriptor = CudnnDescriptor<cudnnFilterDescriptor_t, cudnnCreateFilterDescriptor,
+                                         cudnnDestroyFilterDescriptor>;
+using ConvDescriptor =
+    CudnnDescriptor<cudnnConvolutionDescriptor_t, cudnnCreateConvolutionDescriptor,
+                    cudnnDestroyConvolutionDescriptor>;
+
+class CudnnHandle {
+ public:
+  CudnnHandle() { SYNCBN_CUDNN_CHECK(cudnnCreate(&handle_)); }
+  ~CudnnHandle() { cudnnDestroy(handle_); }
+  CudnnHandle(const CudnnHandle&) = delete;
+  CudnnHandle& operator=(const CudnnHandle&) = delete;
+  cudnnHandle_t get() const { return handle_; }
+
+ private:
+  cudnnHandle_t handle_ = nullptr;
+};
+
+class CublasHandle {
+ public:
+  CublasHandle() { SYNCBN_CUBLAS_CHECK(cublasCreate(&handle_)); }
+  ~CublasHandle() { cublasDestroy(handle_); }
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+};
+
+// The config's layer list: the list form, or the small_cnn preset as train/model.cc builds it
+// (the constructor checks every layer against the host model, so a drift between the two copies
+// stops the run instead of training another network).
+std::vector<LayerSpec> layer_specs(const Config& config) {
+  if (config.model.preset != "small_cnn") return config.model.layers;
+  auto conv = [](int64_t out) { return LayerSpec{"conv", out, 3, 1, 1}; };
+  const LayerSpec norm{"norm"}, relu{"relu"}, pool{"maxpool", 0, 2, 2, 0};
+  return {conv(32),  norm, relu, conv(32), norm,        relu,          pool,
+          conv(64),  norm, relu, conv(64), norm,        relu,          pool,
+          conv(128), norm, relu, {"gap"},  {"flatten"}, {"linear", 10}};
+}
+
+constexpr size_t kMaxWorkspaceBytes = size_t{256} << 20;
+constexpr int64_t kBucketBytes = int64_t{1} << 20;
+
+// The first algorithm cuDNN's heuristics rank that succeeds, is deterministic, does not need
+// tensor cores (TF32 would change float32 results) and fits the workspace limit.
+template <typename Perf>
+const Perf& pick_algorithm(const Perf* perf, int count, const char* what) {
+  for (int i = 0; i < count; ++i) {
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].determinism == CUDNN_DETERMINISTIC &&
+        perf[i].mathType != CUDNN_TENSOR_OP_MATH &&
+        perf[i].mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION &&
+        perf[i].memory <= kMaxWorkspaceBytes) {
+      return perf[i];
+    }
+  }
+  gpu_call_failed(__FILE__, __LINE__, what, "no deterministic float32 algorithm");
+}
+
+enum class Kind { kConv, kLinear, kNorm, kRelu, kMaxPool, kGap, kPassThrough };
+
+// Per-sample activation shape: (C, H, W), or (F, 1, 1) after flatten.
+struct Shape {
+  int64_t c = 0, h = 1, w = 1;
+  int64_t numel() const { return c * h * w; }
+};
+
+// cuDNN's descriptors and algorithms for one batch size of one conv layer.
+struct ConvPlan {
+  int64_t n = -1;
+  TensorDescriptor x, y;
+  cudnnConvolutionFwdAlgo_t forward{};
+  cudnnConvolutionBwdDataAlgo_t backward_data{};
+  cudnnConvolutionBwdFilterAlgo_t backward_filter{};
+};
+
+struct DeviceLayer {
+  Kind kind = Kind::kPassThrough;
+  Shape in, out;
+  int64_t kernel = 1, stride = 1, padding = 0;
+  int weight = -1, bias = -1;  // indices into CudaBackend::params_
+  std::unique_ptr<nn::SyncBatchNormCuda> bn;
+  bool bn_local = false;  // a BN group of one rank: an empty batch skips the layer, as on the CPU
+  std::unique_ptr<FilterDescriptor> filter;
+  std::unique_ptr<ConvDescriptor> conv;
+  std::vector<std::unique_ptr<ConvPlan>> plans;
+  DeviceArray<float> output;    // (max batch, out); none for pass-through layers
+  DeviceArray<int32_t> argmax;  // max pool
+  const float* x = nullptr;     // this step's input
+  float* y = nullptr;           // this step's output
+};
+
+struct DeviceParam {
+  nn::ParamRef host;
+  int64_t numel = 0;
+  int64_t offset = 0;              // in the flat gradient and momentum arrays
+  float* value = nullptr;          // device
+  const float* bn_grad = nullptr;  // a SyncBatchNormCuda gradient, copied to the flat array
+  int bucket = -1;
+};
+
+struct Bucket {
+  int64_t begin = 0, end = 0;  // element range of the flat gradient array
+  size_t params = 0;
+  size_t pending = 0;
+  std::unique_ptr<Event> ready;
+  comm::Request request;
+};
+
+class CudaBackend final : public StepBackend {
+ public:
+  CudaBackend(const Config& config, Sequential& model, optim::SGD& sgd, comm::Communicator& world)
+      : model_(model), sgd_(sgd), max_n_(config.train.per_rank_batch) {
+    // Two NCCL worlds: SyncBN's on the compute stream (the backend's own stream, on this rank's
+    // device, which it makes current), the gradient buckets' on a side stream.
+    bn_world_ = comm::make_communicator(comm::Backend::kNccl);
+    compute_ = to_cuda(bn_world_->cuda_stream());
+    comm::CommOptions side;
+    side.cuda_stream = reinterpret_cast<CUstream_st*>(side_.get());
+    grad_world_ = comm::make_communicator(comm::Backend::kNccl, side);
+    SYNCBN_CHECK(grad_world_->size() == world.size() && grad_world_->rank() == world.rank());
+    if (config.model.norm == "syncbn")
+      bn_group_ = nn::make_bn_group(*bn_world_, static_cast<int>(config.model.bn_group_size));
+    if (config.model.norm == "bn") bn_group_ = comm::split_consecutive(*bn_world_, 1);
+    SYNCBN_CUDNN_CHECK(cudnnSetStream(cudnn_.get(), compute_));
+    SYNCBN_CUBLAS_CHECK(cublasSetStream(cublas_.get(), compute_));
+
+    build_layers(config);
+    build_parameters();
+    int64_t widest = 0;
+    for (const DeviceLayer& L : layers_) widest = std::max({widest, L.in.numel(), L.out.numel()});
+    input_ = DeviceArray<float>(static_cast<size_t>(max_n_ * layers_.front().in.numel()));
+    labels_ = DeviceArray<int32_t>(static_cast<size_t>(max_n_));
+    grad_a_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
+    grad_b_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
+    row_loss_ = DeviceArray<double>(static_cast<size_t>(max_n_));
+    loss_sum_ = DeviceArray<double>(1);
+    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));  // construction, not a step
+  }
+
+  ~CudaBackend() override {
+    for (Bucket& b : buckets_) b.request = comm::Request();  // waits for a step that threw
+    cudaStreamSynchronize(compute_);
+    cudaStreamSynchronize(side_.get());
+  }
+
+  void step(const data::Batch& batch, double lr) override {
+    const Shape& in = layers_.front().in;
+    const int64_t n = static_cast<int64_t>(batch.labels.size());
+    SYNCBN_REQUIRE(n <= max_n_, "CUDA trainer: a slice of ", n,
+                   " samples on this rank; expected at most train.per_rank_batch = ", max_n_);
+    SYNCBN_CHECK(batch.images.numel() == n * in.numel());
+    const int64_t classes = layers_.back().out.c;
+    for (int64_t i = 0; i < n; ++i) {
+      SYNCBN_REQUIRE(batch.labels[i] >= 0 && batch.labels[i] < classes,
+                     "softmax_cross_entropy: sample ", i, " has label ", batch.labels[i],
+                     ", expected a class in [0, ", classes, ")");
+    }
+    // Host → device on the copy stream, from pinned memory; the forward waits for it.
+    const size_t image_bytes = static_cast<size_t>(n * in.numel()) * sizeof(float);
+    const size_t label_bytes = static_cast<size_t>(n) * sizeof(int32_t);
+    if (n > 0) {
+      std::memcpy(pinned_images_.get(), batch.images.data(), image_bytes);
+      std::memcpy(pinned_labels_.get(), batch.labels.data(), label_bytes);
+      SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(input_.get(), pinned_images_.get(), image_bytes,
+                                              cudaMemcpyHostToDevice, copy_.get()));
+      SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(labels_.get(), pinned_labels_.get(), label_bytes,
+                                              cudaMemcpyHostToDevice, copy_.get()));
+      copied_.order(copy_.get(), compute_);
+    }
+    SYNCBN_TRAIN_CUDA_CHECK(
+        cudaMemsetAsync(grads_.get(), 0, grads_.size() * sizeof(float), compute_));
+    for (DeviceLayer& L : layers_) {
+      if (L.bn == nullptr) continue;
+      const size_t bytes = static_cast<size_t>(L.in.c) * sizeof(float);
+      SYNCBN_TRAIN_CUDA_CHECK(cudaMemsetAsync(L.bn->grad_weight(), 0, bytes, compute_));
+      SYNCBN_TRAIN_CUDA_CHECK(cudaMemsetAsync(L.bn->grad_bias(), 0, bytes, compute_));
+    }
+
+    const float* logits = forward(n);
+    nn::cuda::softmax_xent(logits, labels_.get(), n, classes,
+                           1.0 / static_cast<double>(batch.global_batch_size), grad_a_.get(),
+                           row_loss_.get(), loss_sum_.get(), stream());
+    SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(pinned_loss_.get(), loss_sum_.get(), sizeof(double),
+                                            cudaMemcpyDeviceToHost, compute_));
+    backward(n);
+    reduced_.order(side_.get(), compute_);
+    update(lr);
+
+    // The step's one wait: the gradient collectives, then each SyncBN layer's finish() (which
+    // synchronizes the compute stream and throws for what the device found).
+    for (Bucket& b : buckets_) b.request.wait();
+    for (DeviceLayer& L : layers_)
+      if (L.bn != nullptr) L.bn->finish();
+    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+  }
+
+  double last_loss_sum() override { return *pinned_loss_.get(); }
+
+  double sync_bn_comm_seconds() override {
+    double seconds = 0;
+    for (const DeviceLayer& L : layers_)
+      if (L.bn != nullptr) seconds += L.bn->counters().comm_seconds;
+    return seconds;
+  }
+
+  void to_host() override {
+    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+    for (const DeviceParam& p : params_) copy(p.host.value->data(), p.value, p.numel);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const DeviceLayer& L = layers_[i];
+      if (L.bn == nullptr) continue;
+      const std::vector<nn::BufferRef> buffers = host_buffers(i);
+      copy(buffers[0].f32->data(), L.bn->running_mean(), L.in.c);
+      copy(buffers[1].f32->data(), L.bn->running_var(), L.in.c);
+      *buffers[2].i64 = batches_tracked_base_[i] + L.bn->num_batches_tracked();
+    }
+    optim::SgdState state;
+    state.step_count = step_count_;
+    state.momentum_initialized = momentum_initialized_;
+    if (momentum_initialized_) {
+      for (const DeviceParam& p : params_) {
+        Tensor buffer = Tensor::empty(p.host.value->shape());
+        copy(buffer.data(), momentum_.get() + p.offset, p.numel);
+        state.momentum_buffers.push_back(std::move(buffer));
+      }
+    }
+    sgd_.load_state(std::move(state));
+  }
+
+  void from_host() override {
+    for (const DeviceParam& p : params_) copy(p.value, p.host.value->data(), p.numel);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const DeviceLayer& L = layers_[i];
+      if (L.bn == nullptr) continue;
+      const std::vector<nn::BufferRef> buffers = host_buffers(i);
+      copy(L.bn->running_mean(), buffers[0].f32->data(), L.in.c);
+      copy(L.bn->running_var(), buffers[1].f32->data(), L.in.c);
+      batches_tracked_base_[i] = *buffers[2].i64 - L.bn->num_batches_tracked();
+    }
+    step_count_ = sgd_.step_count();
+    momentum_initialized_ = sgd_.momentum_initialized();
+    for (size_t k = 0; momentum_initialized_ && k < params_.size(); ++k) {
+      copy(momentum_.get() + params_[k].offset, sgd_.momentum_buffers()[k].data(),
+           params_[k].numel);
+    }
+  }
+
+ private:
+  CUstream_st* stream() const { return reinterpret_cast<CUstream_st*>(compute_); }
+
+  // Blocking copies, outside the step (checkpoints, evaluation, export, resume).
+  void copy(float* dst, const float* src, int64_t count) {
+    SYNCBN_TRAIN_CUDA_CHECK(
+        cudaMemcpy(dst, src, static_cast<size_t>(count) * sizeof(float), cudaMemcpyDefault));
+  }
+
+  // running_mean, running_var, num_batches_tracked of host layer i.
+  std::vector<nn::BufferRef> host_buffers(size_t i) {
+    std::vector<nn::BufferRef> buffers;
+    model_.layer(i).collect_buffers(buffers);
+    SYNCBN_CHECK(buffers.size() == 3 && buffers[0].f32 != nullptr && buffers[1].f32 != nullptr &&
+                 buffers[2].i64 != nullptr);
+    return buffers;
+  }
+
+  void build_layers(const Config& config) {
+    const std::vector<LayerSpec> specs = layer_specs(config);
+    SYNCBN_CHECK(specs.size() == model_.size());
+    Shape shape{1, 28, 28};
+    batches_tracked_base_.assign(specs.size(), 0);
+    for (size_t i = 0; i < specs.size(); ++i) {
+      nn::Layer& host = model_.layer(i);
+      const LayerSpec& spec = specs[i];
+      DeviceLayer L;
+      L.in = shape;
+      L.out = shape;
+      if (auto* conv = dynamic_cast<nn::Conv2d*>(&host)) {
+        SYNCBN_CHECK(spec.type == "conv");
+        L.kind = Kind::kConv;
+        L.kernel = spec.kernel, L.stride = spec.stride, L.padding = spec.padding;
+        SYNCBN_CHECK(conv->weight().shape() ==
+                     (std::vector<int64_t>{spec.out, shape.c, spec.kernel, spec.kernel}));
+        L.out = {spec.out, (shape.h + 2 * L.padding - L.kernel) / L.stride + 1,
+                 (shape.w + 2 * L.padding - L.kernel) / L.stride + 1};
+        L.filter = std::make_unique<FilterDescriptor>();
+        SYNCBN_CUDNN_CHECK(cudnnSetFilter4dDescriptor(
+            L.filter->get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, static_cast<int>(spec.out),
+            static_cast<int>(shape.c), static_cast<int>(L.kernel), static_cast<int>(L.kernel)));
+        L.conv = std::make_unique<ConvDescriptor>();
+        SYNCBN_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
+            L.conv->get(), static_cast<int>(L.padding), static_cast<int>(L.padding),
+            static_cast<int>(L.stride), static_cast<int>(L.stride), 1, 1, CUDNN_CROSS_CORRELATION,
+            CUDNN_DATA_FLOAT));
+        SYNCBN_CUDNN_CHECK(cudnnSetConvolutionMathType(L.conv->get(), CUDNN_FMA_MATH));
+      } else if (auto* linear = dynamic_cast<nn::Linear*>(&host)) {
+        SYNCBN_CHECK(spec.type == "linear" && shape.h == 1 && shape.w == 1);
+        L.kind = Kind::kLinear;
+        SYNCBN_CHECK(linear->weight().shape() == (std::vector<int64_t>{spec.out, shape.c}));
+        L.out = {spec.out, 1, 1};
+      } else if (dynamic_cast<nn::SyncBatchNormLayer*>(&host) != nullptr ||
+                 dynamic_cast<nn::BatchNorm2d*>(&host) != nullptr) {
+        SYNCBN_CHECK(spec.type == "norm" && bn_group_ != nullptr);
+        L.kind = Kind::kNorm;
+        nn::SyncBatchNormOptions options;  // the defaults of both CPU layers
+        options.num_features = shape.c;
+        L.bn = std::make_unique<nn::SyncBatchNormCuda>(options, bn_group_.get(), std::to_string(i));
+        L.bn_local = bn_group_->size() == 1;
+      } else if (dynamic_cast<nn::ReLU*>(&host) != nullptr) {
+        L.kind = Kind::kRelu;
+      } else if (dynamic_cast<nn::MaxPool2d*>(&host) != nullptr) {
+        SYNCBN_CHECK(spec.type == "maxpool");
+        L.kind = Kind::kMaxPool;
+        L.kernel = spec.kernel, L.stride = spec.stride, L.padding = 0;
+        L.out = {shape.c, (shape.h - L.kernel) / L.stride + 1, (shape.w - L.kernel) / L.stride + 1};
+      } else if (dynamic_cast<nn::AdaptiveAvgPool2d*>(&host) != nullptr) {
+        SYNCBN_CHECK(spec.type == "gap");
+        L.kind = Kind::kGap;
+        L.out = {shape.c, 1, 1};
+      } else if (dynamic_cast<nn::Flatten*>(&host) != nullptr) {
+        L.out = {shape.numel(), 1, 1};
+      } else if (dynamic_cast<nn::Identity*>(&host) == nullptr) {
+        throw Error(str_cat("model layer ", i, " (", host.kind(),
+                            ") has no CUDA implementation; device: cuda runs Conv2d, Linear, "
+                            "BatchNorm2d/SyncBatchNorm, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), "
+                            "Flatten and Identity"));
+      }
+      if (L.kind != Kind::kPassThrough && L.kind != Kind::kNorm)
+        L.output = DeviceArray<float>(static_cast<size_t>(max_n_ * L.out.numel()));
+      if (L.kind == Kind::kNorm)  // SyncBatchNormCuda writes y; x stays for its backward
+        L.output = DeviceArray<float>(static_cast<size_t>(max_n_ * L.out.numel()));
+      if (L.kind == Kind::kMaxPool)
+        L.argmax = DeviceArray<int32_t>(static_cast<size_t>(max_n_ * L.out.numel()));
+      shape = L.out;
+      layers_.push_back(std::move(L));
+    }
+    SYNCBN_CHECK(shape.numel() == 10);
+  }
+
+  // The host model's parameters, their device copies (conv and linear: a flat array; norms: the
+  // SyncBatchNormCuda's own), one flat gradient and momentum array, and the buckets.
+  void build_parameters() {
+    const std::vector<nn::ParamRef> host = model_.parameters();
+    const std::vector<size_t> owner = model_.parameter_layers();
+    int64_t total = 0;
+    for (size_t k = 0; k < host.size(); ++k) {
+      DeviceParam p;
+      p.host = host[k];
+      p.numel = host[k].value->numel();
+      p.offset = total;
+      SYNCBN_CHECK(host[k].value->format() == MemoryFormat::kContiguous);
+      total += p.numel;
+      DeviceLayer& L = layers_[owner[k]];
+      const bool is_bias = host[k].name.ends_with(".bias");
+      (is_bias ? L.bias : L.weight) = static_cast<int>(k);
+      if (L.bn != nullptr) {
+        p.value = is_bias ? L.bn->bias() : L.bn->weight();
+        p.bn_grad = is_bias ? L.bn->grad_bias() : L.bn->grad_weight();
+      }
+      params_.push_back(p);
+    }
+    values_ = DeviceArray<float>(static_cast<size_t>(total));
+    grads_ = DeviceArray<float>(static_cast<size_t>(total));
+    momentum_ = DeviceArray<float>(static_cast<size_t>(total));
+    for (DeviceParam& p : params_)
+      if (p.value == nullptr) p.value = values_.get() + p.offset;
+
+    // Buckets in the reverse order of registration (backward's order), about kBucketBytes each;
+    // consecutive parameters, so each bucket is one range of the flat array.
+    for (size_t k = params_.size(); k-- > 0;) {
+      if (buckets_.empty() ||
+          (buckets_.back().end - buckets_.back().begin) * int64_t{sizeof(float)} >= kBucketBytes) {
+        Bucket b;
+        b.end = params_[k].offset + params_[k].numel;
+        b.ready = std::make_unique<Event>();
+        buckets_.push_back(std::move(b));
+      }
+      buckets_.back().begin = params_[k].offset;
+      ++buckets_.back().params;
+      params_[k].bucket = static_cast<int>(buckets_.size() - 1);
+    }
+  }
+
+  ConvPlan& plan_for(DeviceLayer& L, int64_t n) {
+    for (auto& plan : L.plans)
+      if (plan->n == n) return *plan;
+    auto plan = std::make_unique<ConvPlan>();
+    plan->n = n;
+    SYNCBN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(
+        plan->x.get(), CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, static_cast<int>(n),
+        static_cast<int>(L.in.c), static_cast<int>(L.in.h), static_cast<int>(L.in.w)));
+    SYNCBN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(
+        plan->y.get(), CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, static_cast<int>(n),
+        static_cast<int>(L.out.c), static_cast<int>(L.out.h), static_cast<int>(L.out.w)));
+    int count = 0;
+    cudnnConvolutionFwdAlgoPerf_t forward[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    SYNCBN_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
+        cudnn_.get(), plan->x.get(), L.filter->get(), L.conv->get(), plan->y.get(),
+        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, forward));
+    const auto& f = pick_algorithm(forward, count, "cudnnGetConvolutionForwardAlgorithm_v7");
+    cudnnConvolutionBwdDataAlgoPerf_t data[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    SYNCBN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+        cudnn_.get(), L.filter->get(), plan->y.get(), L.conv->get(), plan->x.get(),
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, data));
+    const auto& d = pick_algorithm(data, count, "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+    cudnnConvolutionBwdFilterAlgoPerf_t filter[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    SYNCBN_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+        cudnn_.get(), plan->x.get(), plan->y.get(), L.conv->get(), L.filter->get(),
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, filter));
+    const auto& w = pick_algorithm(filter, count, "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+    plan->forward = f.algo;
+    plan->backward_data = d.algo;
+    plan->backward_filter = w.algo;
+    const size_t needed = std::max({f.memory, d.memory, w.memory});
+    if (needed > workspace_.size()) {
+      // A new batch size (the first step, or an uneven last batch): not in the steady state.
+      SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+      workspace_ = DeviceArray<unsigned char>(needed);
+    }
+    L.plans.push_back(std::move(plan));
+    return *L.plans.back();
+  }
+
+  float* param_value(int k) const {
+    return k < 0 ? nullptr : params_[static_cast<size_t>(k)].value;
+  }
+  float* param_grad(int k) const {
+    return k < 0 ? nullptr : grads_.get() + params_[static_cast<size_t>(k)].offset;
+  }
+
+  const float* forward(int64_t n) {
+    const float* x = input_.get();
+    const float one = 1.0f, zero = 0.0f;
+    for (DeviceLayer& L : layers_) {
+      L.x = x;
+      L.y = L.output.get();
+      const int64_t out_elements = n * L.out.numel();
+      switch (L.kind) {
+        case Kind::kConv:
+          if (n > 0) {
+            const ConvPlan& plan = plan_for(L, n);
+            SYNCBN_CUDNN_CHECK(cudnnConvolutionForward(
+                cudnn_.get(), &one, plan.x.get(), x, L.filter->get(), param_value(L.weight),
+                L.conv->get(), plan.forward, workspace_.get(), workspace_.size(), &zero,
+                plan.y.get(), L.y));
+            if (L.bias >= 0)
+              nn::cuda::add_bias(L.y, param_value(L.bias), n, L.out.c, L.out.h * L.out.w, stream());
+          }
+          break;
+        case Kind::kLinear:
+          if (n > 0) {
+            // Row-major y (n, out) = x (n, in) · Wᵀ is column-major yᵀ (out, n) = W · xᵀ.
+            SYNCBN_CUBLAS_CHECK(
+                cublasSgemm(cublas_.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(L.out.c),
+                            static_cast<int>(n), static_cast<int>(L.in.numel()), &one,
+                            param_value(L.weight), static_cast<int>(L.in.numel()), x,
+                            static_cast<int>(L.in.numel()), &zero, L.y, static_cast<int>(L.out.c)));
+            if (L.bias >= 0) nn::cuda::add_bias(L.y, param_value(L.bias), n, L.out.c, 1, stream());
+          }
+          break;
+        case Kind::kNorm:
+          if (n > 0 || !L.bn_local)  // collective over the BN group, also for an empty slice
+            L.bn->forward(x, {n, L.in.c, L.in.h * L.in.w, false}, /*training=*/true, L.y);
+          break;
+        case Kind::kRelu:
+          nn::cuda::relu_forward(x, out_elements, L.y, stream());
+          break;
+        case Kind::kMaxPool:
+          nn::cuda::maxpool_forward(x, n * L.in.c, L.in.h, L.in.w, L.kernel, L.stride, 0, L.y,
+                                    L.argmax.get(), stream());
+          break;
+        case Kind::kGap:
+          nn::cuda::gap_forward(x, n * L.in.c, L.in.h * L.in.w, L.y, stream());
+          break;
+        case Kind::kPassThrough:
+          L.y = const_cast<float*>(x);  // flatten and identity: the same (N, C·H·W) memory
+          break;
+      }
+      x = L.y;
+    }
+    return x;
+  }
+
+  // Backward from dlogits in grad_a_; after each layer its parameters' gradients are final and
+  // may start their bucket's allreduce.
+  void backward(int64_t n) {
+    float* g = grad_a_.get();
+    float* other = grad_b_.get();
+    const float one = 1.0f, zero = 0.0f;
+    for (size_t i = layers_.size(); i-- > 0;) {
+      DeviceLayer& L = layers_[i];
+      const bool need_dx = i > 0;  // nothing consumes the input's gradient
+      bool swapped = false;
+      switch (L.kind) {
+        case Kind::kConv:
+          if (n > 0) {
+            const ConvPlan& plan = plan_for(L, n);
+            if (L.bias >= 0)
+              nn::cuda::bias_backward(g, n, L.out.c, L.out.h * L.out.w, param_grad(L.bias),
+                                      stream());
+            SYNCBN_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+                cudnn_.get(), &one, plan.x.get(), L.x, plan.y.get(), g, L.conv->get(),
+                plan.backward_filter, workspace_.get(), workspace_.size(), &one, L.filter->get(),
+                param_grad(L.weight)));
+            if (need_dx) {
+              SYNCBN_CUDNN_CHECK(cudnnConvolutionBackwardData(
+                  cudnn_.get(), &one, L.filter->get(), param_value(L.weight), plan.y.get(), g,
+                  L.conv->get(), plan.backward_data, workspace_.get(), workspace_.size(), &zero,
+                  plan.x.get(), other));
+            }
+          }
+          swapped = true;
+          break;
+        case Kind::kLinear:
+          if (n > 0) {
+            const int in = static_cast<int>(L.in.numel()), out = static_cast<int>(L.out.c);
+            if (L.bias >= 0)
+              nn::cuda::bias_backward(g, n, L.out.c, 1, param_grad(L.bias), stream());
+            // dW (out, in) += dyᵀ · x: column-major dWᵀ (in, out) += xᵀ · dy.
+            SYNCBN_CUBLAS_CHECK(cublasSgemm(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_T, in, out,
+                                            static_cast<int>(n), &one, L.x, in, g, out, &one,
+                                            param_grad(L.weight), in));
+            // dx (n, in) = dy · W: column-major dxᵀ (in, n) = Wᵀ · dyᵀ.
+            if (need_dx) {
+              SYNCBN_CUBLAS_CHECK(cublasSgemm(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, in,
+                                              static_cast<int>(n), out, &one, param_value(L.weight),
+                                              in, g, out, &zero, other, in));
+            }
+          }
+          swapped = true;
+          break;
+        case Kind::kNorm:
+          if (n > 0 || !L.bn_local) L.bn->backward(g, g);  // dx in place
+          break;
+        case Kind::kRelu:
+          nn::cuda::relu_backward(g, L.y, n * L.out.numel(), g, stream());
+          break;
+        case Kind::kMaxPool:
+          nn::cuda::maxpool_backward(g, L.argmax.get(), n * L.in.c, L.in.h, L.in.w, L.kernel,
+                                     L.stride, 0, other, stream());
+          swapped = true;
+          break;
+        case Kind::kGap:
+          nn::cuda::gap_backward(g, n * L.in.c, L.in.h * L.in.w, other, stream());
+          swapped = true;
+          break;
+        case Kind::kPassThrough:
+          break;
+      }
+      if (swapped) std::swap(g, other);
+      for (int k : {L.bias, L.weight})
+        if (k >= 0) mark_ready(static_cast<size_t>(k));
+    }
+  }
+
+  void mark_ready(size_t k) {
+    const DeviceParam& p = params_[k];
+    if (p.bn_grad != nullptr) {
+      SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(grads_.get() + p.offset, p.bn_grad,
+                                              static_cast<size_t>(p.numel) * sizeof(float),
+                                              cudaMemcpyDeviceToDevice, compute_));
+    }
+    Bucket& b = buckets_[static_cast<size_t>(p.bucket)];
+    if (b.pending == 0) b.pending = b.params;  // the bucket's first parameter this step
+    if (--b.pending > 0) return;
+    // The bucket's gradients are enqueued: the side stream reduces them while backward goes on.
+    b.ready->order(compute_, side_.get());
+    b.request = grad_world_->allreduce_sum_async(grads_.get() + b.begin, grads_.get() + b.begin,
+                                                 b.end - b.begin);
+  }
+
+  void update(double lr) {
+    const optim::SgdOptions& o = sgd_.options();
+    SYNCBN_REQUIRE(std::isfinite(lr) && lr >= 0, "Invalid learning rate: ", lr);
+    const nn::cuda::SgdStep u = nn::cuda::sgd_step(lr, o.momentum, o.dampening, o.weight_decay,
+                                                   o.nesterov, !momentum_initialized_);
+    for (const DeviceParam& p : params_) {
+      nn::cuda::sgd_update(p.value, grads_.get() + p.offset,
+                           u.has_momentum ? momentum_.get() + p.offset : nullptr, p.numel, u,
+                           stream());
+    }
+    if (u.has_momentum) momentum_initialized_ = true;
+    ++step_count_;
+  }
+
+  Sequential& model_;
+  optim::SGD& sgd_;
+  int64_t max_n_;
+  std::unique_ptr<comm::Communicator> bn_world_, grad_world_, bn_group_;
+  cudaStream_t compute_ = nullptr;  // bn_world_'s
+  Stream side_, copy_;
+  Event copied_, reduced_;
+  CudnnHandle cudnn_;
+  CublasHandle cublas_;
+  std::vector<DeviceLayer> layers_;
+  std::vector<DeviceParam> params_;
+  std::vector<Bucket> buckets_;
+  DeviceArray<float> values_, grads_, momentum_;
+  DeviceArray<float> input_, grad_a_, grad_b_;
+  DeviceArray<int32_t> labels_;
+  DeviceArray<double> row_loss_, loss_sum_;
+  DeviceArray<unsigned char> workspace_;
+  PinnedArray<float> pinned_images_{static_cast<size_t>(max_n_ * 28 * 28)};  // 1×28×28 inputs
+  PinnedArray<int32_t> pinned_labels_{static_cast<size_t>(max_n_)};
+  PinnedArray<double> pinned_loss_{1};
+  std::vector<int64_t> batches_tracked_base_;
+  int64_t step_count_ = 0;
+  bool momentum_initialized_ = false;
+};
+
+}  // namespace
+
+void require_cuda_device() {
+  int devices = 0;
+  const cudaError_t status = cudaGetDeviceCount(&devices);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // clear it
+    throw Error(str_cat("device: cuda but no CUDA device is visible (cudaGetDeviceCount: ",
+                        cudaGetErrorString(status), ")"));
+  }
+  SYNCBN_REQUIRE(devices > 0,
+                 "device: cuda but no CUDA device is visible (cudaGetDeviceCount: 0 devices)");
+}
+
+std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Sequential& model,
+                                               optim::SGD& sgd, comm::Communicator& world) {
+  return std::make_unique<CudaBackend>(config, model, sgd, world);
+}
+
+}  // namespace syncbn::train
