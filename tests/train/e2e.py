@@ -6,6 +6,10 @@
   e2e.py BIN determinism   two identical runs: byte-identical weights and metrics
   e2e.py BIN interop       exported weights load into torch.nn.Sequential; same accuracy
   e2e.py BIN errors        bad config / data / weights: clear message, non-zero exit, no hang
+  e2e.py BIN cuda_vs_cpu NP  device: cuda against the CPU trainer on NP ranks (label gpu): per-step
+                           loss and final weights within tolerance, for syncbn, bn and none; the
+                           exported weights load in the CPU trainer. Exits 77 (skipped) without
+                           a GPU per rank
   e2e.py BIN device MODE   device: cuda where it cannot run, -np 2: every rank says why, non-zero
                            exit. MODE cuda (a build with the CUDA trainer; exits 77, skipped,
                            when a GPU is visible) or cpu (a build without it)
@@ -247,7 +251,7 @@ def errors(binary, out):
 def device(binary, out, mode):
     fragment = {"cuda": "device: cuda but no CUDA device is visible (cudaGetDeviceCount: ",
                 "cpu": "device: cuda, but this syncbn was built without the CUDA trainer"}[mode]
-    _, _, proc = train(binary, 2, out, "device_cuda", ["device=cuda", "train.steps=2"],
+    _, _, proc = train(binary, 2, out, "device_cuda", ["device=cuda", "train.steps=2", "train.warmup_steps=0"],
                        check=False, timeout=300)
     text = proc.stdout + proc.stderr
     if mode == "cuda" and proc.returncode == 0:
@@ -259,6 +263,33 @@ def device(binary, out, mode):
         if f"[rank {rank}] error: {fragment}" not in text:
             sys.exit(f"device: rank {rank} did not say {fragment!r}:\n{text}")
     print(f"device: exit {proc.returncode}, both ranks said {fragment!r}")
+
+
+# The CUDA trainer rounds differently from the CPU (cuDNN's and cuBLAS's summation orders, float64
+# exp on the device): the same tolerances as the rank-count equivalence above, at its small
+# learning rate. 100 images at a global batch of 8·NP: an epoch boundary and, for NP = 2, a last
+# batch of 4 samples (a second cuDNN plan).
+def cuda_vs_cpu(binary, out, np_):
+    np_ = int(np_)
+    base = ["data.train_limit=100", "train.log_every=1", EQUIVALENCE_LR]
+    for norm, steps in (("syncbn", 20), ("bn", 8), ("none", 8)):
+        sets = base + [f"model.norm={norm}", f"train.steps={steps}"]
+        name = f"cuda_{norm}_np{np_}"
+        mc, wc, proc = train(binary, np_, out, name, sets + ["device=cuda"], check=False)
+        text = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            for reason in ("no CUDA device is visible", "built without the CUDA trainer",
+                           "NCCL needs one device per rank"):
+                if reason in text:
+                    print(f"cuda_vs_cpu: skipped, {reason}")
+                    sys.exit(77)
+            sys.exit(f"{name}: failed ({proc.returncode}):\n{text}")
+        mp, wp, _ = train(binary, np_, out, f"cpu_{norm}_np{np_}", sets)
+        compare_runs(mc, wc, mp, wp, 1e-4, f"{steps} steps, {norm}, np{np_}: cuda vs cpu",
+                     weight_tol=1e-3)
+        if norm == "syncbn":
+            train(binary, 1, out, "cpu_from_cuda", ["train.steps=1"], ["--init-from", wc])
+            print("cuda_vs_cpu: weights exported by the CUDA run load in the CPU trainer")
 
 
 def same_bytes(a, b):
@@ -369,8 +400,8 @@ def coordinator(binary, out):
 def main():
     binary, check = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="syncbn-e2e-") as out:
-        if check == "device":
-            device(binary, out, sys.argv[3])
+        if check in ("device", "cuda_vs_cpu"):
+            {"device": device, "cuda_vs_cpu": cuda_vs_cpu}[check](binary, out, sys.argv[3])
             return
         {"equivalence": equivalence, "uneven": uneven, "determinism": determinism,
          "interop": interop, "errors": errors, "resume": resume,

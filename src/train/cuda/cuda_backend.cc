@@ -271,11 +271,15 @@ struct Bucket {
 class CudaBackend final : public StepBackend {
  public:
   CudaBackend(const Config& config, Sequential& model, optim::SGD& sgd, comm::Communicator& world)
-      : model_(model), sgd_(sgd), max_n_(config.train.per_rank_batch) {
-    // Two NCCL worlds: SyncBN's on the compute stream (the backend's own stream, on this rank's
-    // device, which it makes current), the gradient buckets' on a side stream.
-    bn_world_ = comm::make_communicator(comm::Backend::kNccl);
-    compute_ = to_cuda(bn_world_->cuda_stream());
+      : model_(model),
+        sgd_(sgd),
+        max_n_(config.train.per_rank_batch),
+        // First of the device members: it makes this rank's GPU current, so the streams, events,
+        // handles and memory below are made on it.
+        bn_world_(comm::make_communicator(comm::Backend::kNccl)),
+        compute_(to_cuda(bn_world_->cuda_stream())) {
+    // Two NCCL worlds: SyncBN's on the compute stream (the backend's own), the gradient buckets'
+    // on a side stream.
     comm::CommOptions side;
     side.cuda_stream = reinterpret_cast<CUstream_st*>(side_.get());
     grad_world_ = comm::make_communicator(comm::Backend::kNccl, side);
@@ -386,6 +390,7 @@ class CudaBackend final : public StepBackend {
         state.momentum_buffers.push_back(std::move(buffer));
       }
     }
+    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
     sgd_.load_state(std::move(state));
   }
 
@@ -405,15 +410,18 @@ class CudaBackend final : public StepBackend {
       copy(momentum_.get() + params_[k].offset, sgd_.momentum_buffers()[k].data(),
            params_[k].numel);
     }
+    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
 
  private:
   CUstream_st* stream() const { return reinterpret_cast<CUstream_st*>(compute_); }
 
-  // Blocking copies, outside the step (checkpoints, evaluation, export, resume).
+  // Copies outside the step (checkpoints, evaluation, export, resume), on the compute stream
+  // (cudaMemcpy's legacy stream does not order with a non-blocking stream); the caller
+  // synchronizes once after its copies.
   void copy(float* dst, const float* src, int64_t count) {
-    SYNCBN_TRAIN_CUDA_CHECK(
-        cudaMemcpy(dst, src, static_cast<size_t>(count) * sizeof(float), cudaMemcpyDefault));
+    SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(float),
+                                            cudaMemcpyDefault, compute_));
   }
 
   // running_mean, running_var, num_batches_tracked of host layer i.
@@ -747,8 +755,9 @@ class CudaBackend final : public StepBackend {
   Sequential& model_;
   optim::SGD& sgd_;
   int64_t max_n_;
-  std::unique_ptr<comm::Communicator> bn_world_, grad_world_, bn_group_;
-  cudaStream_t compute_ = nullptr;  // bn_world_'s
+  std::unique_ptr<comm::Communicator> bn_world_;  // declared before every device member
+  cudaStream_t compute_ = nullptr;                // bn_world_'s
+  std::unique_ptr<comm::Communicator> grad_world_, bn_group_;
   Stream side_, copy_;
   Event copied_, reduced_;
   CudnnHandle cudnn_;
