@@ -41,6 +41,7 @@
 #include "nn/cuda/layers_cuda.h"
 #include "nn/layers.h"
 #include "nn/sync_batch_norm_cuda.h"
+#include "train/cuda/device_plan.h"
 #include "train/step_backend.h"
 
 namespace syncbn::train {
@@ -188,20 +189,7 @@ class CublasHandle {
   cublasHandle_t handle_ = nullptr;
 };
 
-// The config's layer list: the list form, or the small_cnn preset as train/model.cc builds it
-// (the constructor checks every layer against the host model, so a drift between the two copies
-// stops the run instead of training another network).
-std::vector<LayerSpec> layer_specs(const Config& config) {
-  if (config.model.preset != "small_cnn") return config.model.layers;
-  auto conv = [](int64_t out) { return LayerSpec{"conv", out, 3, 1, 1}; };
-  const LayerSpec norm{"norm"}, relu{"relu"}, pool{"maxpool", 0, 2, 2, 0};
-  return {conv(32),  norm, relu, conv(32), norm,        relu,          pool,
-          conv(64),  norm, relu, conv(64), norm,        relu,          pool,
-          conv(128), norm, relu, {"gap"},  {"flatten"}, {"linear", 10}};
-}
-
 constexpr size_t kMaxWorkspaceBytes = size_t{256} << 20;
-constexpr int64_t kBucketBytes = int64_t{1} << 20;
 
 // The first algorithm cuDNN's heuristics rank that succeeds, is deterministic, does not need
 // tensor cores (TF32 would change float32 results) and fits the workspace limit.
@@ -218,13 +206,7 @@ const Perf& pick_algorithm(const Perf* perf, int count, const char* what) {
   gpu_call_failed(__FILE__, __LINE__, what, "no deterministic float32 algorithm");
 }
 
-enum class Kind { kConv, kLinear, kNorm, kRelu, kMaxPool, kGap, kPassThrough };
-
-// Per-sample activation shape: (C, H, W), or (F, 1, 1) after flatten.
-struct Shape {
-  int64_t c = 0, h = 1, w = 1;
-  int64_t numel() const { return c * h * w; }
-};
+using Kind = DeviceLayerKind;
 
 // cuDNN's descriptors and algorithms for one batch size of one conv layer.
 struct ConvPlan {
@@ -235,11 +217,8 @@ struct ConvPlan {
   cudnnConvolutionBwdFilterAlgo_t backward_filter{};
 };
 
-struct DeviceLayer {
-  Kind kind = Kind::kPassThrough;
-  Shape in, out;
-  int64_t kernel = 1, stride = 1, padding = 0;
-  int weight = -1, bias = -1;  // indices into CudaBackend::params_
+// A planned layer (train/cuda/device_plan.h) with its device objects.
+struct DeviceLayer : PlannedLayer {
   std::unique_ptr<nn::SyncBatchNormCuda> bn;
   bool bn_local = false;  // a BN group of one rank: an empty batch skips the layer, as on the CPU
   std::unique_ptr<FilterDescriptor> filter;
@@ -251,19 +230,14 @@ struct DeviceLayer {
   float* y = nullptr;           // this step's output
 };
 
-struct DeviceParam {
+struct DeviceParam : PlannedParam {
   nn::ParamRef host;
-  int64_t numel = 0;
-  int64_t offset = 0;              // in the flat gradient and momentum arrays
   float* value = nullptr;          // device
   const float* bn_grad = nullptr;  // a SyncBatchNormCuda gradient, copied to the flat array
-  int bucket = -1;
 };
 
-struct Bucket {
-  int64_t begin = 0, end = 0;  // element range of the flat gradient array
-  size_t params = 0;
-  size_t pending = 0;
+struct Bucket : PlannedBucket {
+  size_t pending = 0;  // parameters not yet ready this step
   std::unique_ptr<Event> ready;
   comm::Request request;
 };
@@ -290,8 +264,7 @@ class CudaBackend final : public StepBackend {
     SYNCBN_CUDNN_CHECK(cudnnSetStream(cudnn_.get(), compute_));
     SYNCBN_CUBLAS_CHECK(cublasSetStream(cublas_.get(), compute_));
 
-    build_layers(config);
-    build_parameters();
+    build(plan_device_model(config, model_));
     int64_t widest = 0;
     for (const DeviceLayer& L : layers_) widest = std::max({widest, L.in.numel(), L.out.numel()});
     input_ = DeviceArray<float>(static_cast<size_t>(max_n_ * layers_.front().in.numel()));
@@ -310,7 +283,7 @@ class CudaBackend final : public StepBackend {
   }
 
   void step(const data::Batch& batch, double lr) override {
-    const Shape& in = layers_.front().in;
+    const SampleShape& in = layers_.front().in;
     const int64_t n = static_cast<int64_t>(batch.labels.size());
     SYNCBN_REQUIRE(n <= max_n_, "CUDA trainer: a slice of ", n,
                    " samples on this rank; expected at most train.per_rank_batch = ", max_n_);
@@ -433,120 +406,64 @@ class CudaBackend final : public StepBackend {
     return buffers;
   }
 
-  void build_layers(const Config& config) {
-    const std::vector<LayerSpec> specs = layer_specs(config);
-    SYNCBN_CHECK(specs.size() == model_.size());
-    Shape shape{1, 28, 28};
-    batches_tracked_base_.assign(specs.size(), 0);
-    for (size_t i = 0; i < specs.size(); ++i) {
-      nn::Layer& host = model_.layer(i);
-      const LayerSpec& spec = specs[i];
+  // The device objects of the plan: cuDNN descriptors, SyncBatchNormCuda layers, activation
+  // buffers for the largest slice; the parameters' device copies (conv and linear: one flat
+  // array; norms: the SyncBatchNormCuda's own), the flat gradient and momentum arrays, buckets.
+  void build(const DevicePlan& plan) {
+    batches_tracked_base_.assign(plan.layers.size(), 0);
+    for (size_t i = 0; i < plan.layers.size(); ++i) {
       DeviceLayer L;
-      L.in = shape;
-      L.out = shape;
-      if (auto* conv = dynamic_cast<nn::Conv2d*>(&host)) {
-        SYNCBN_CHECK(spec.type == "conv");
-        L.kind = Kind::kConv;
-        L.kernel = spec.kernel, L.stride = spec.stride, L.padding = spec.padding;
-        SYNCBN_CHECK(conv->weight().shape() ==
-                     (std::vector<int64_t>{spec.out, shape.c, spec.kernel, spec.kernel}));
-        L.out = {spec.out, (shape.h + 2 * L.padding - L.kernel) / L.stride + 1,
-                 (shape.w + 2 * L.padding - L.kernel) / L.stride + 1};
+      static_cast<PlannedLayer&>(L) = plan.layers[i];
+      if (L.kind == Kind::kConv) {
         L.filter = std::make_unique<FilterDescriptor>();
         SYNCBN_CUDNN_CHECK(cudnnSetFilter4dDescriptor(
-            L.filter->get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, static_cast<int>(spec.out),
-            static_cast<int>(shape.c), static_cast<int>(L.kernel), static_cast<int>(L.kernel)));
+            L.filter->get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, static_cast<int>(L.out.c),
+            static_cast<int>(L.in.c), static_cast<int>(L.kernel), static_cast<int>(L.kernel)));
         L.conv = std::make_unique<ConvDescriptor>();
         SYNCBN_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
             L.conv->get(), static_cast<int>(L.padding), static_cast<int>(L.padding),
             static_cast<int>(L.stride), static_cast<int>(L.stride), 1, 1, CUDNN_CROSS_CORRELATION,
             CUDNN_DATA_FLOAT));
         SYNCBN_CUDNN_CHECK(cudnnSetConvolutionMathType(L.conv->get(), CUDNN_FMA_MATH));
-      } else if (auto* linear = dynamic_cast<nn::Linear*>(&host)) {
-        SYNCBN_CHECK(spec.type == "linear" && shape.h == 1 && shape.w == 1);
-        L.kind = Kind::kLinear;
-        SYNCBN_CHECK(linear->weight().shape() == (std::vector<int64_t>{spec.out, shape.c}));
-        L.out = {spec.out, 1, 1};
-      } else if (dynamic_cast<nn::SyncBatchNormLayer*>(&host) != nullptr ||
-                 dynamic_cast<nn::BatchNorm2d*>(&host) != nullptr) {
-        SYNCBN_CHECK(spec.type == "norm" && bn_group_ != nullptr);
-        L.kind = Kind::kNorm;
+      }
+      if (L.kind == Kind::kNorm) {
+        SYNCBN_CHECK(bn_group_ != nullptr);
         nn::SyncBatchNormOptions options;  // the defaults of both CPU layers
-        options.num_features = shape.c;
+        options.num_features = L.in.c;
         L.bn = std::make_unique<nn::SyncBatchNormCuda>(options, bn_group_.get(), std::to_string(i));
         L.bn_local = bn_group_->size() == 1;
-      } else if (dynamic_cast<nn::ReLU*>(&host) != nullptr) {
-        L.kind = Kind::kRelu;
-      } else if (dynamic_cast<nn::MaxPool2d*>(&host) != nullptr) {
-        SYNCBN_CHECK(spec.type == "maxpool");
-        L.kind = Kind::kMaxPool;
-        L.kernel = spec.kernel, L.stride = spec.stride, L.padding = 0;
-        L.out = {shape.c, (shape.h - L.kernel) / L.stride + 1, (shape.w - L.kernel) / L.stride + 1};
-      } else if (dynamic_cast<nn::AdaptiveAvgPool2d*>(&host) != nullptr) {
-        SYNCBN_CHECK(spec.type == "gap");
-        L.kind = Kind::kGap;
-        L.out = {shape.c, 1, 1};
-      } else if (dynamic_cast<nn::Flatten*>(&host) != nullptr) {
-        L.out = {shape.numel(), 1, 1};
-      } else if (dynamic_cast<nn::Identity*>(&host) == nullptr) {
-        throw Error(str_cat("model layer ", i, " (", host.kind(),
-                            ") has no CUDA implementation; device: cuda runs Conv2d, Linear, "
-                            "BatchNorm2d/SyncBatchNorm, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), "
-                            "Flatten and Identity"));
       }
-      if (L.kind != Kind::kPassThrough && L.kind != Kind::kNorm)
-        L.output = DeviceArray<float>(static_cast<size_t>(max_n_ * L.out.numel()));
-      if (L.kind == Kind::kNorm)  // SyncBatchNormCuda writes y; x stays for its backward
+      if (L.kind != Kind::kPassThrough)
         L.output = DeviceArray<float>(static_cast<size_t>(max_n_ * L.out.numel()));
       if (L.kind == Kind::kMaxPool)
         L.argmax = DeviceArray<int32_t>(static_cast<size_t>(max_n_ * L.out.numel()));
-      shape = L.out;
       layers_.push_back(std::move(L));
     }
-    SYNCBN_CHECK(shape.numel() == 10);
-  }
 
-  // The host model's parameters, their device copies (conv and linear: a flat array; norms: the
-  // SyncBatchNormCuda's own), one flat gradient and momentum array, and the buckets.
-  void build_parameters() {
     const std::vector<nn::ParamRef> host = model_.parameters();
-    const std::vector<size_t> owner = model_.parameter_layers();
-    int64_t total = 0;
-    for (size_t k = 0; k < host.size(); ++k) {
+    for (size_t k = 0; k < plan.params.size(); ++k) {
       DeviceParam p;
+      static_cast<PlannedParam&>(p) = plan.params[k];
       p.host = host[k];
-      p.numel = host[k].value->numel();
-      p.offset = total;
-      SYNCBN_CHECK(host[k].value->format() == MemoryFormat::kContiguous);
-      total += p.numel;
-      DeviceLayer& L = layers_[owner[k]];
-      const bool is_bias = host[k].name.ends_with(".bias");
-      (is_bias ? L.bias : L.weight) = static_cast<int>(k);
+      SYNCBN_CHECK(p.host.value->format() == MemoryFormat::kContiguous);
+      const DeviceLayer& L = layers_[p.layer];
       if (L.bn != nullptr) {
-        p.value = is_bias ? L.bn->bias() : L.bn->weight();
-        p.bn_grad = is_bias ? L.bn->grad_bias() : L.bn->grad_weight();
+        p.value = p.is_bias ? L.bn->bias() : L.bn->weight();
+        p.bn_grad = p.is_bias ? L.bn->grad_bias() : L.bn->grad_weight();
       }
       params_.push_back(p);
     }
-    values_ = DeviceArray<float>(static_cast<size_t>(total));
-    grads_ = DeviceArray<float>(static_cast<size_t>(total));
-    momentum_ = DeviceArray<float>(static_cast<size_t>(total));
+    const size_t total = static_cast<size_t>(plan.total_params);
+    values_ = DeviceArray<float>(total);
+    grads_ = DeviceArray<float>(total);
+    momentum_ = DeviceArray<float>(total);
     for (DeviceParam& p : params_)
       if (p.value == nullptr) p.value = values_.get() + p.offset;
-
-    // Buckets in the reverse order of registration (backward's order), about kBucketBytes each;
-    // consecutive parameters, so each bucket is one range of the flat array.
-    for (size_t k = params_.size(); k-- > 0;) {
-      if (buckets_.empty() ||
-          (buckets_.back().end - buckets_.back().begin) * int64_t{sizeof(float)} >= kBucketBytes) {
-        Bucket b;
-        b.end = params_[k].offset + params_[k].numel;
-        b.ready = std::make_unique<Event>();
-        buckets_.push_back(std::move(b));
-      }
-      buckets_.back().begin = params_[k].offset;
-      ++buckets_.back().params;
-      params_[k].bucket = static_cast<int>(buckets_.size() - 1);
+    for (const PlannedBucket& planned : plan.buckets) {
+      Bucket b;
+      static_cast<PlannedBucket&>(b) = planned;
+      b.ready = std::make_unique<Event>();
+      buckets_.push_back(std::move(b));
     }
   }
 
@@ -730,7 +647,7 @@ class CudaBackend final : public StepBackend {
                                               cudaMemcpyDeviceToDevice, compute_));
     }
     Bucket& b = buckets_[static_cast<size_t>(p.bucket)];
-    if (b.pending == 0) b.pending = b.params;  // the bucket's first parameter this step
+    if (b.pending == 0) b.pending = b.last - b.first + 1;  // its first parameter this step
     if (--b.pending > 0) return;
     // The bucket's gradients are enqueued: the side stream reduces them while backward goes on.
     b.ready->order(compute_, side_.get());

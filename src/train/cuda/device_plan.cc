@@ -1,0 +1,123 @@
+#include "train/cuda/device_plan.h"
+
+#include "core/error.h"
+#include "nn/layers.h"
+
+namespace syncbn::train {
+namespace {
+
+// The config's layer list: the list form, or the small_cnn preset as train/model.cc builds it.
+// plan_device_model checks every layer against the host model, so a drift between the two
+// copies stops the run (and tests/train/device_plan_test.cc) instead of training another network.
+std::vector<LayerSpec> layer_specs(const Config& config) {
+  if (config.model.preset != "small_cnn") return config.model.layers;
+  auto conv = [](int64_t out) { return LayerSpec{"conv", out, 3, 1, 1}; };
+  const LayerSpec norm{"norm"}, relu{"relu"}, pool{"maxpool", 0, 2, 2, 0};
+  return {conv(32),  norm, relu, conv(32), norm,        relu,          pool,
+          conv(64),  norm, relu, conv(64), norm,        relu,          pool,
+          conv(128), norm, relu, {"gap"},  {"flatten"}, {"linear", 10}};
+}
+
+PlannedLayer plan_layer(size_t i, nn::Layer& host, const LayerSpec& spec, const SampleShape& in) {
+  PlannedLayer L;
+  L.in = in;
+  L.out = in;
+  const std::string where = str_cat("model layer ", i, " (", host.kind(), ")");
+  auto expect_spec = [&](const char* type) {
+    SYNCBN_REQUIRE(spec.type == type, where, ": the CUDA backend's layer list has '", spec.type,
+                   "' here; its copy of the model preset differs from train/model.cc");
+  };
+  if (auto* conv = dynamic_cast<nn::Conv2d*>(&host)) {
+    expect_spec("conv");
+    L.kind = DeviceLayerKind::kConv;
+    L.kernel = spec.kernel, L.stride = spec.stride, L.padding = spec.padding;
+    SYNCBN_REQUIRE(
+        conv->weight().shape() == (std::vector<int64_t>{spec.out, in.c, spec.kernel, spec.kernel}),
+        where, ": weight ", shape_to_string(conv->weight().shape()),
+        " does not match the layer list");
+    L.out = {spec.out, (in.h + 2 * L.padding - L.kernel) / L.stride + 1,
+             (in.w + 2 * L.padding - L.kernel) / L.stride + 1};
+  } else if (auto* linear = dynamic_cast<nn::Linear*>(&host)) {
+    expect_spec("linear");
+    L.kind = DeviceLayerKind::kLinear;
+    L.out = {spec.out, 1, 1};
+    SYNCBN_REQUIRE(linear->weight().shape() == (std::vector<int64_t>{spec.out, in.numel()}), where,
+                   ": weight ", shape_to_string(linear->weight().shape()),
+                   " does not match the layer list");
+  } else if (dynamic_cast<nn::SyncBatchNormLayer*>(&host) != nullptr ||
+             dynamic_cast<nn::BatchNorm2d*>(&host) != nullptr) {
+    expect_spec("norm");
+    L.kind = DeviceLayerKind::kNorm;
+  } else if (dynamic_cast<nn::ReLU*>(&host) != nullptr) {
+    expect_spec("relu");
+    L.kind = DeviceLayerKind::kRelu;
+  } else if (dynamic_cast<nn::MaxPool2d*>(&host) != nullptr) {
+    expect_spec("maxpool");
+    L.kind = DeviceLayerKind::kMaxPool;
+    L.kernel = spec.kernel, L.stride = spec.stride;  // no padding: build_model passes none
+    L.out = {in.c, (in.h - L.kernel) / L.stride + 1, (in.w - L.kernel) / L.stride + 1};
+  } else if (dynamic_cast<nn::AdaptiveAvgPool2d*>(&host) != nullptr) {
+    expect_spec("gap");
+    L.kind = DeviceLayerKind::kGap;
+    L.out = {in.c, 1, 1};
+  } else if (dynamic_cast<nn::Flatten*>(&host) != nullptr) {
+    expect_spec("flatten");
+    L.out = {in.numel(), 1, 1};
+  } else if (dynamic_cast<nn::Identity*>(&host) != nullptr) {
+    expect_spec("norm");  // model.norm: none
+  } else {
+    throw Error(str_cat(where,
+                        " has no CUDA implementation; device: cuda runs Conv2d, Linear, "
+                        "BatchNorm2d/SyncBatchNorm, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), "
+                        "Flatten and Identity"));
+  }
+  return L;
+}
+
+}  // namespace
+
+DevicePlan plan_device_model(const Config& config, Sequential& model, int64_t bucket_bytes) {
+  DevicePlan plan;
+  const std::vector<LayerSpec> specs = layer_specs(config);
+  SYNCBN_REQUIRE(specs.size() == model.size(), "the CUDA backend's layer list has ", specs.size(),
+                 " layers, the model ", model.size());
+  SampleShape shape{1, 28, 28};
+  for (size_t i = 0; i < specs.size(); ++i) {
+    plan.layers.push_back(plan_layer(i, model.layer(i), specs[i], shape));
+    shape = plan.layers.back().out;
+  }
+
+  const std::vector<nn::ParamRef> host = model.parameters();
+  const std::vector<size_t> owner = model.parameter_layers();
+  for (size_t k = 0; k < host.size(); ++k) {
+    PlannedParam p;
+    p.name = host[k].name;
+    p.layer = owner[k];
+    p.is_bias = p.name.ends_with(".bias");
+    p.numel = host[k].value->numel();
+    p.offset = plan.total_params;
+    plan.total_params += p.numel;
+    PlannedLayer& L = plan.layers[p.layer];
+    int& slot = p.is_bias ? L.bias : L.weight;
+    SYNCBN_CHECK(slot == -1);
+    slot = static_cast<int>(k);
+    plan.params.push_back(p);
+  }
+
+  // Backward's order: the last parameters first; a bucket closes once it holds bucket_bytes.
+  for (size_t k = plan.params.size(); k-- > 0;) {
+    const PlannedParam& p = plan.params[k];
+    if (plan.buckets.empty() || (plan.buckets.back().end - plan.buckets.back().begin) *
+                                        static_cast<int64_t>(sizeof(float)) >=
+                                    bucket_bytes) {
+      plan.buckets.push_back({p.offset, p.offset + p.numel, k, k});
+    }
+    PlannedBucket& b = plan.buckets.back();
+    b.begin = p.offset;
+    b.first = k;
+    plan.params[k].bucket = static_cast<int>(plan.buckets.size() - 1);
+  }
+  return plan;
+}
+
+}  // namespace syncbn::train

@@ -1,0 +1,125 @@
+// The CUDA backend's plan of the model (train/cuda/device_plan.h), on the CPU: the layer list
+// agrees with the host model for every preset and norm it runs, the shapes are the host layers'
+// own, the parameters tile the flat gradient array, the buckets tile it in backward's order, and a
+// layer without a CUDA implementation is refused by name.
+#include "train/cuda/device_plan.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/error.h"
+#include "nn/sync_batch_norm.h"
+
+namespace syncbn::train {
+namespace {
+
+constexpr const char* kSteps = "train:\n  steps: 1\n";
+constexpr const char* kList =
+    "model:\n  preset: list\n  norm: bn\n  layers:\n"
+    "    - {type: conv, out: 6, kernel: 5, stride: 2, padding: 2}\n    - {type: norm}\n"
+    "    - {type: relu}\n    - {type: maxpool, kernel: 3, stride: 2}\n"
+    "    - {type: conv, out: 7, kernel: 3}\n    - {type: relu}\n    - {type: gap}\n"
+    "    - {type: flatten}\n    - {type: linear, out: 12}\n    - {type: relu}\n"
+    "    - {type: linear, out: 10}\n"
+    "train:\n  steps: 1\n";
+
+// Runs the host model on one sample and checks every planned output shape against the host's.
+void expect_shapes_match_host(const DevicePlan& plan, Sequential& model) {
+  Tensor x({2, 1, 28, 28});
+  for (size_t i = 0; i < model.size(); ++i) {
+    x = model.layer(i).forward(x, /*training=*/true);
+    const SampleShape& out = plan.layers[i].out;
+    std::vector<int64_t> want = {2, out.c, out.h, out.w};
+    if (x.dim() == 2) want = {2, out.numel()};
+    EXPECT_EQ(x.shape(), want) << "layer " << i << " (" << model.layer(i).kind() << ")";
+    if (i + 1 < model.size()) {
+      EXPECT_EQ(plan.layers[i + 1].in, out) << i;
+    }
+  }
+}
+
+void expect_flat_tiling(const DevicePlan& plan, Sequential& model) {
+  const std::vector<nn::ParamRef> host = model.parameters();
+  ASSERT_EQ(plan.params.size(), host.size());
+  int64_t offset = 0;
+  for (size_t k = 0; k < host.size(); ++k) {
+    const PlannedParam& p = plan.params[k];
+    EXPECT_EQ(p.name, host[k].name);
+    EXPECT_EQ(p.numel, host[k].value->numel());
+    EXPECT_EQ(p.offset, offset);
+    offset += p.numel;
+    const PlannedLayer& L = plan.layers[p.layer];
+    EXPECT_EQ(p.is_bias ? L.bias : L.weight, static_cast<int>(k)) << p.name;
+  }
+  EXPECT_EQ(plan.total_params, offset);
+  // Buckets: backward's order (last parameters first), contiguous, covering every element once.
+  ASSERT_FALSE(plan.buckets.empty());
+  int64_t end = plan.total_params;
+  size_t next_last = host.size() - 1;
+  for (size_t b = 0; b < plan.buckets.size(); ++b) {
+    const PlannedBucket& bucket = plan.buckets[b];
+    EXPECT_EQ(bucket.end, end) << b;
+    EXPECT_EQ(bucket.last, next_last) << b;
+    EXPECT_LE(bucket.first, bucket.last);
+    EXPECT_EQ(bucket.begin, plan.params[bucket.first].offset);
+    for (size_t k = bucket.first; k <= bucket.last; ++k)
+      EXPECT_EQ(plan.params[k].bucket, static_cast<int>(b)) << k;
+    end = bucket.begin;
+    next_last = bucket.first - 1;
+  }
+  EXPECT_EQ(end, 0);
+}
+
+TEST(DevicePlan, SmallCnnForEveryNormTheCudaBackendRuns) {
+  auto world = comm::make_communicator("single");
+  auto group = nn::make_bn_group(*world, 1);
+  for (const char* norm : {"syncbn", "bn", "none"}) {
+    const Config config = parse_config(kSteps, {"device=cuda", std::string("model.norm=") + norm});
+    Sequential model = build_model(config, group.get());
+    const DevicePlan plan = plan_device_model(config, model, /*bucket_bytes=*/64 << 10);
+    ASSERT_EQ(plan.layers.size(), 20u) << norm;
+    EXPECT_EQ(plan.layers[0].kind, DeviceLayerKind::kConv);
+    EXPECT_EQ(plan.layers[0].out, (SampleShape{32, 28, 28}));
+    EXPECT_EQ(plan.layers[6].kind, DeviceLayerKind::kMaxPool);
+    EXPECT_EQ(plan.layers[6].out, (SampleShape{32, 14, 14}));
+    EXPECT_EQ(plan.layers[1].kind,
+              std::string(norm) == "none" ? DeviceLayerKind::kPassThrough : DeviceLayerKind::kNorm);
+    EXPECT_EQ(plan.layers[18].out, (SampleShape{128, 1, 1}));  // flatten
+    EXPECT_EQ(plan.layers[19].kind, DeviceLayerKind::kLinear);
+    EXPECT_EQ(plan.layers[0].bias >= 0, std::string(norm) == "none") << norm;
+    EXPECT_GT(plan.buckets.size(), 1u) << norm;  // 64 KiB buckets: several
+    expect_shapes_match_host(plan, model);
+    expect_flat_tiling(plan, model);
+  }
+}
+
+TEST(DevicePlan, ListFormWithStridesPaddingAndOneBucket) {
+  const Config config = parse_config(kList, {"device=cuda"});
+  Sequential model = build_model(config, nullptr);
+  const DevicePlan plan = plan_device_model(config, model);
+  EXPECT_EQ(plan.layers[0].out, (SampleShape{6, 14, 14}));
+  EXPECT_EQ(plan.layers[3].out, (SampleShape{6, 6, 6}));
+  EXPECT_EQ(plan.layers[4].out, (SampleShape{7, 4, 4}));
+  EXPECT_EQ(plan.buckets.size(), 1u);  // a few KiB of parameters
+  expect_shapes_match_host(plan, model);
+  expect_flat_tiling(plan, model);
+}
+
+TEST(DevicePlan, RefusesLayersWithoutACudaImplementation) {
+  const Config config = parse_config(kSteps, {"model.norm=gn"});  // device: cpu allows gn
+  Sequential model = build_model(config, nullptr);
+  try {
+    plan_device_model(config, model);
+    ADD_FAILURE() << "GroupNorm was planned";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model layer 1 (GroupNorm) has no CUDA implementation"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace syncbn::train
