@@ -15,10 +15,6 @@
 #include "train/model.h"
 #include "train/trainer.h"
 
-// OpenBLAS's own reporting functions (declared by its cblas.h, not by the generic one).
-extern "C" char* openblas_get_config(void);
-extern "C" char* openblas_get_corename(void);
-
 namespace {
 
 constexpr const char* kUsage =
@@ -199,7 +195,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "version" || command == "--version") {
-    std::printf("syncbn 0.1.0\n%s (kernels: %s)\n", openblas_get_config(), openblas_get_corename());
+    std::printf("syncbn 0.1.0\n");
     return 0;
   }
   if (command == "train") {

@@ -1,4 +1,4 @@
-// Conv2d and Linear on OpenBLAS sgemm.
+// Conv2d and Linear on oneDNN's sgemm.
 //
 // Conv2d, for a chunk of B samples with P = Ho·Wo output positions and R = C_in·k·k:
 //
@@ -19,18 +19,21 @@
 // kKeptColLimit, and after an eval-mode forward, only the input is kept and the backward
 // recomputes col chunk by chunk.
 //
-// OpenBLAS, not oneDNN: conv 32→32 3x3 pad 1 on 8x32x28x28, forward + backward, 1 thread, CPU
-// time (best of 13) on the 2-core AMD EPYC (Zen) dev VM: this code 6.8 ms, PyTorch 1.13's CPU
-// conv (oneDNN 2.6) 8.0 ms; the five convs of small_cnn at N = 8: 20.7 vs 22.3 ms, at N = 32:
-// 81.5 vs 80.4 ms. On par, so oneDNN is not worth the dependency.
+// GEMM library: oneDNN's dnnl_sgemm (libdnnl 2.6, the one PyTorch 1.13 is built with), not
+// OpenBLAS. Single-thread GFLOP/s of the GEMMs of small_cnn's 32→32 conv at 28x28 (forward,
+// dW, dcol) on the dev VM's AMD EPYC (Zen 5, AVX-512): OpenBLAS 0.3.21 97 / 85 / 104 with the
+// Haswell kernels this VM's environment selects (OPENBLAS_CORETYPE=Haswell), 151 / 122 / 180
+// with its AVX-512 SkylakeX kernels; oneDNN 215 / 174 / 214, whatever OPENBLAS_CORETYPE says. An
+// earlier comparison of whole convolutions against PyTorch's oneDNN conv primitive found im2col
+// + GEMM on par with it, so the primitive API is not used.
 //
 // im2col, col2im and the bias/scatter passes split their loops statically over OpenMP threads,
 // each thread owning whole output rows or input channels, so results do not depend on
-// scheduling; OpenBLAS runs its own threads (OPENBLAS_NUM_THREADS).
-#include <cblas.h>
+// scheduling; oneDNN's GEMMs run on the same OpenMP threads (omp_get_max_threads()) and are
+// bitwise reproducible for a given thread count.
+#include <dnnl.h>
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -49,19 +52,13 @@ constexpr int64_t kColBudget = int64_t{1} << 18;
 // Largest col (floats, 256 MiB) a training forward keeps for the backward.
 constexpr int64_t kKeptColLimit = int64_t{1} << 26;
 
-int blas_int(int64_t v, const char* what) {
-  SYNCBN_REQUIRE(v <= INT_MAX, what, " of ", v, " exceeds the BLAS integer range (", INT_MAX, ")");
-  return static_cast<int>(v);
-}
-
-// C (m, n) = alpha · op(A) · op(B) + beta · C, row-major.
+// C (m, n) = op(A) · op(B) + beta · C, row-major.
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, blas_int(m, "GEMM size"),
-              blas_int(n, "GEMM size"), blas_int(k, "GEMM size"), 1.0f, a,
-              blas_int(lda, "GEMM size"), b, blas_int(ldb, "GEMM size"), beta, c,
-              blas_int(ldc, "GEMM size"));
+  const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, 1.0f,
+                                          a, lda, b, ldb, beta, c, ldc);
+  SYNCBN_REQUIRE(status == dnnl_success, "oneDNN sgemm failed with status ", status, " (M ", m,
+                 ", N ", n, ", K ", k, ")");
 }
 
 struct ConvShape {

@@ -25,8 +25,6 @@
 #include "train/step_backend.h"
 #include "train/weights.h"
 
-extern "C" void openblas_set_num_threads(int num_threads);
-
 namespace syncbn::train {
 namespace {
 
@@ -290,8 +288,7 @@ void agree(comm::Communicator& world, const std::function<void()>& body) {
 TrainResult run_training(const Config& config, comm::Communicator& world,
                          const TrainOptions& options) {
   const int threads = static_cast<int>(config.train.threads);
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  omp_set_num_threads(threads);  // our kernels' and oneDNN's GEMMs' threads
 
   // A GPU may be missing on some hosts only.
   if (config.device == "cuda") agree(world, [] { require_cuda_device(); });
