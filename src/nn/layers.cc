@@ -78,6 +78,34 @@ MaxPool2d::MaxPool2d(int64_t kernel_size, int64_t stride, int64_t padding)
                  "got padding ", padding_, " and kernel_size ", kernel_);
 }
 
+namespace {
+
+// One output row of a 2x2, stride 2 max-pool: input rows r0 and r1 (starting at plane index
+// row0), Wo outputs and their argmax. The same rule as the general loop (a later value wins if
+// greater, or if it is NaN), written as selects so that the loop vectorizes.
+void max_pool_2x2_row(const float* __restrict r0, const float* __restrict r1, float* __restrict out,
+                      int32_t* __restrict arg, int64_t Wo, int32_t row0, int32_t W) {
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    const float v0 = r0[2 * ow], v1 = r0[2 * ow + 1], v2 = r1[2 * ow], v3 = r1[2 * ow + 1];
+    const int32_t i0 = row0 + 2 * static_cast<int32_t>(ow);
+    float best = v0;
+    int32_t at = i0;
+    bool wins = (v1 > best) | (v1 != v1);
+    best = wins ? v1 : best;
+    at = wins ? i0 + 1 : at;
+    wins = (v2 > best) | (v2 != v2);
+    best = wins ? v2 : best;
+    at = wins ? i0 + W : at;
+    wins = (v3 > best) | (v3 != v3);
+    best = wins ? v3 : best;
+    at = wins ? i0 + W + 1 : at;
+    out[ow] = best;
+    arg[ow] = at;
+  }
+}
+
+}  // namespace
+
 Tensor MaxPool2d::forward(const Tensor& x_in, bool /*training*/) {
   require_4d(x_in, kind());
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
@@ -97,33 +125,15 @@ Tensor MaxPool2d::forward(const Tensor& x_in, bool /*training*/) {
   float* out = y.data();
   int32_t* arg = argmax_.data();
   if (kernel_ == 2 && stride_ == 2 && padding_ == 0) {
-    // The common 2x2 pool: windows never leave the plane, so no clamping, and the comparisons
-    // become selects (the general loop below spends most of its time in mispredicted branches).
+    // The common 2x2 pool: windows never leave the plane, so no clamping, and the row loop
+    // vectorizes (the general loop below spends most of its time in mispredicted branches).
 #pragma omp parallel for schedule(static) num_threads(thread_count_for(y.numel() * 4))
     for (int64_t plane = 0; plane < planes; ++plane) {
       const float* in = x + plane * H * W;
       for (int64_t oh = 0; oh < Ho; ++oh) {
-        const float* __restrict r0 = in + 2 * oh * W;
-        const float* __restrict r1 = r0 + W;
-        float* __restrict o = out + (plane * Ho + oh) * Wo;
-        int32_t* __restrict a = arg + (plane * Ho + oh) * Wo;
-        const auto row0 = static_cast<int32_t>(2 * oh * W);
-        for (int64_t ow = 0; ow < Wo; ++ow) {
-          const auto w = static_cast<int32_t>(2 * ow);
-          float best = r0[w];
-          int32_t at = row0 + w;
-          // Same rule as below: a later value wins if greater, or if it is NaN.
-          const auto take = [&](float v, int32_t i) {
-            const bool wins = v > best || v != v;
-            best = wins ? v : best;
-            at = wins ? i : at;
-          };
-          take(r0[w + 1], row0 + w + 1);
-          take(r1[w], row0 + static_cast<int32_t>(W) + w);
-          take(r1[w + 1], row0 + static_cast<int32_t>(W) + w + 1);
-          o[ow] = best;
-          a[ow] = at;
-        }
+        const float* r0 = in + 2 * oh * W;
+        max_pool_2x2_row(r0, r0 + W, out + (plane * Ho + oh) * Wo, arg + (plane * Ho + oh) * Wo, Wo,
+                         static_cast<int32_t>(2 * oh * W), static_cast<int32_t>(W));
       }
     }
     in_shape_ = x_in.shape();
