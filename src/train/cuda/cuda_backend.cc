@@ -674,8 +674,8 @@ class CudaBackend final : public StepBackend {
   int64_t max_n_;
   std::unique_ptr<comm::Communicator> bn_world_;  // declared before every device member
   cudaStream_t compute_ = nullptr;                // bn_world_'s
+  Stream side_, copy_;  // before grad_world_, which enqueues on side_ until it is destroyed
   std::unique_ptr<comm::Communicator> grad_world_, bn_group_;
-  Stream side_, copy_;
   Event copied_, reduced_;
   CudnnHandle cudnn_;
   CublasHandle cublas_;
