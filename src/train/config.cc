@@ -175,12 +175,6 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
                  "config key 'model.layers' is only used with model.preset: list");
   SYNCBN_REQUIRE(c.model.preset != "list" || !c.model.layers.empty(),
                  "config key 'model.layers' must list the layers when model.preset is list");
-  // The CUDA backend (train/cuda) runs BN through SyncBatchNormCuda; GN, LN and IN have CUDA
-  // kernels (norm/cuda) but no CUDA layer yet.
-  SYNCBN_REQUIRE(c.device != "cuda" || c.model.norm == "syncbn" || c.model.norm == "bn" ||
-                     c.model.norm == "none",
-                 "config key 'model.norm' must be one of bn, none, syncbn with device: cuda, got '",
-                 c.model.norm, "'");
 
   MapReader t(top.child("train"), "train",
               {"per_rank_batch", "epochs", "steps", "lr", "momentum", "nesterov", "weight_decay",

@@ -22,7 +22,7 @@ struct LayerSpec {
 
 struct Config {
   uint64_t seed = 0;
-  // Where each rank trains: cpu, or cuda (one GPU per rank, train/cuda; norm syncbn, bn or none).
+  // Where each rank trains: cpu, or cuda (one GPU per rank; train/step_backend.h).
   std::string device = "cpu";
   struct Data {
     std::string dir = "/usr/share/datasets/fashion-mnist";

@@ -7,7 +7,7 @@
   e2e.py BIN interop       exported weights load into torch.nn.Sequential; same accuracy
   e2e.py BIN errors        bad config / data / weights: clear message, non-zero exit, no hang
   e2e.py BIN cuda_vs_cpu NP  device: cuda against the CPU trainer on NP ranks (label gpu): per-step
-                           loss and final weights within tolerance, for syncbn, bn and none; the
+                           loss and final weights within tolerance, for every norm; the
                            exported weights load in the CPU trainer. Exits 77 (skipped) without
                            a GPU per rank
   e2e.py BIN device MODE   device: cuda where it cannot run, -np 2: every rank says why, non-zero
@@ -272,7 +272,7 @@ def device(binary, out, mode):
 def cuda_vs_cpu(binary, out, np_):
     np_ = int(np_)
     base = ["data.train_limit=100", "train.log_every=1", EQUIVALENCE_LR]
-    for norm, steps in (("syncbn", 20), ("bn", 8), ("none", 8)):
+    for norm, steps in (("syncbn", 20), ("bn", 8), ("gn", 8), ("ln", 8), ("in", 8), ("none", 8)):
         sets = base + [f"model.norm={norm}", f"train.steps={steps}"]
         name = f"cuda_{norm}_np{np_}"
         mc, wc, proc = train(binary, np_, out, name, sets + ["device=cuda"], check=False)

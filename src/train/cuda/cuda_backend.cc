@@ -41,6 +41,7 @@
 #include "nn/cuda/layers_cuda.h"
 #include "nn/layers.h"
 #include "nn/sync_batch_norm_cuda.h"
+#include "norm/cuda/kernels_cuda.h"
 #include "train/cuda/device_plan.h"
 #include "train/step_backend.h"
 
@@ -190,6 +191,7 @@ class CublasHandle {
 };
 
 constexpr size_t kMaxWorkspaceBytes = size_t{256} << 20;
+constexpr double kNormEps = 1e-5;  // every norm layer build_model makes uses PyTorch's default
 
 // The first algorithm cuDNN's heuristics rank that succeeds, is deterministic, does not need
 // tensor cores (TF32 would change float32 results) and fits the workspace limit.
@@ -224,10 +226,11 @@ struct DeviceLayer : PlannedLayer {
   std::unique_ptr<FilterDescriptor> filter;
   std::unique_ptr<ConvDescriptor> conv;
   std::vector<std::unique_ptr<ConvPlan>> plans;
-  DeviceArray<float> output;    // (max batch, out); none for pass-through layers
-  DeviceArray<int32_t> argmax;  // max pool
-  const float* x = nullptr;     // this step's input
-  float* y = nullptr;           // this step's output
+  DeviceArray<float> output;                    // (max batch, out); none for pass-through layers
+  DeviceArray<int32_t> argmax;                  // max pool
+  DeviceArray<float> group_mean, group_invstd;  // group norm: (max batch, groups)
+  const float* x = nullptr;                     // this step's input
+  float* y = nullptr;                           // this step's output
 };
 
 struct DeviceParam : PlannedParam {
@@ -437,6 +440,10 @@ class CudaBackend final : public StepBackend {
         L.output = DeviceArray<float>(static_cast<size_t>(max_n_ * L.out.numel()));
       if (L.kind == Kind::kMaxPool)
         L.argmax = DeviceArray<int32_t>(static_cast<size_t>(max_n_ * L.out.numel()));
+      if (L.kind == Kind::kGroupNorm) {
+        L.group_mean = DeviceArray<float>(static_cast<size_t>(max_n_ * L.groups));
+        L.group_invstd = DeviceArray<float>(static_cast<size_t>(max_n_ * L.groups));
+      }
       layers_.push_back(std::move(L));
     }
 
@@ -548,6 +555,15 @@ class CudaBackend final : public StepBackend {
           if (n > 0 || !L.bn_local)  // collective over the BN group, also for an empty slice
             L.bn->forward(x, {n, L.in.c, L.in.h * L.in.w, false}, /*training=*/true, L.y);
           break;
+        case Kind::kGroupNorm:
+          if (n > 0) {  // local statistics per (sample, group): nothing to exchange
+            const norm::BnGeometry g{n, L.in.c, L.in.h * L.in.w, false};
+            norm::cuda::gn_stats(x, g, L.groups, kNormEps, L.group_mean.get(), L.group_invstd.get(),
+                                 nullptr, stream());
+            norm::cuda::gn_elemt(x, g, L.groups, L.group_mean.get(), L.group_invstd.get(),
+                                 param_value(L.weight), param_value(L.bias), L.y, stream());
+          }
+          break;
         case Kind::kRelu:
           nn::cuda::relu_forward(x, out_elements, L.y, stream());
           break;
@@ -617,6 +633,14 @@ class CudaBackend final : public StepBackend {
           break;
         case Kind::kNorm:
           if (n > 0 || !L.bn_local) L.bn->backward(g, g);  // dx in place
+          break;
+        case Kind::kGroupNorm:
+          if (n > 0) {  // dγ, dβ overwritten: the flat gradients of this step
+            norm::cuda::gn_backward(g, L.x, {n, L.in.c, L.in.h * L.in.w, false}, L.groups,
+                                    L.group_mean.get(), L.group_invstd.get(), param_value(L.weight),
+                                    other, param_grad(L.weight), param_grad(L.bias), stream());
+          }
+          swapped = true;
           break;
         case Kind::kRelu:
           nn::cuda::relu_backward(g, L.y, n * L.out.numel(), g, stream());

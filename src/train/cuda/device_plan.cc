@@ -18,7 +18,8 @@ std::vector<LayerSpec> layer_specs(const Config& config) {
           conv(128), norm, relu, {"gap"},  {"flatten"}, {"linear", 10}};
 }
 
-PlannedLayer plan_layer(size_t i, nn::Layer& host, const LayerSpec& spec, const SampleShape& in) {
+PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const LayerSpec& spec,
+                        const SampleShape& in) {
   PlannedLayer L;
   L.in = in;
   L.out = in;
@@ -48,6 +49,15 @@ PlannedLayer plan_layer(size_t i, nn::Layer& host, const LayerSpec& spec, const 
              dynamic_cast<nn::BatchNorm2d*>(&host) != nullptr) {
     expect_spec("norm");
     L.kind = DeviceLayerKind::kNorm;
+  } else if (dynamic_cast<nn::GroupNorm*>(&host) != nullptr ||
+             dynamic_cast<nn::InstanceNorm2d*>(&host) != nullptr) {
+    expect_spec("norm");
+    L.kind = DeviceLayerKind::kGroupNorm;
+    // As build_model makes them: gn → GroupNorm(gn_groups, C), ln → GroupNorm(1, C),
+    // in → InstanceNorm2d(C, affine) = GroupNorm(C, C) with the same per-channel affine.
+    const std::string& norm = config.model.norm;
+    SYNCBN_CHECK(norm == "gn" || norm == "ln" || norm == "in");
+    L.groups = norm == "gn" ? config.model.gn_groups : norm == "ln" ? 1 : in.c;
   } else if (dynamic_cast<nn::ReLU*>(&host) != nullptr) {
     expect_spec("relu");
     L.kind = DeviceLayerKind::kRelu;
@@ -83,7 +93,7 @@ DevicePlan plan_device_model(const Config& config, Sequential& model, int64_t bu
                  " layers, the model ", model.size());
   SampleShape shape{1, 28, 28};
   for (size_t i = 0; i < specs.size(); ++i) {
-    plan.layers.push_back(plan_layer(i, model.layer(i), specs[i], shape));
+    plan.layers.push_back(plan_layer(config, i, model.layer(i), specs[i], shape));
     shape = plan.layers.back().out;
   }
 

@@ -14,7 +14,18 @@
 
 namespace syncbn::train {
 
-enum class DeviceLayerKind { kConv, kLinear, kNorm, kRelu, kMaxPool, kGap, kPassThrough };
+// kNorm: BN (syncbn, bn) through SyncBatchNormCuda; kGroupNorm: GroupNorm, LayerNorm (one group)
+// and InstanceNorm2d (one group per channel) through the norm/cuda GN stages.
+enum class DeviceLayerKind {
+  kConv,
+  kLinear,
+  kNorm,
+  kGroupNorm,
+  kRelu,
+  kMaxPool,
+  kGap,
+  kPassThrough
+};
 
 // Per-sample activation shape: (C, H, W), or (F, 1, 1) after flatten.
 struct SampleShape {
@@ -27,6 +38,7 @@ struct PlannedLayer {
   DeviceLayerKind kind = DeviceLayerKind::kPassThrough;
   SampleShape in, out;
   int64_t kernel = 1, stride = 1, padding = 0;  // conv, max pool
+  int64_t groups = 0;                           // kGroupNorm
   int weight = -1, bias = -1;                   // indices into DevicePlan::params
 };
 
