@@ -9,10 +9,12 @@
 //   dcol     = Wᵀ · dY            (R, B·P);   dx = col2im(dcol), the adjoint of im2col
 //   dbias   += Σ_{b,p} dY
 //
-// B is as many samples as keep col within kColBudget floats (1 MiB, about what L2 holds), so
-// small feature maps (7x7 at the end of a CNN) still make GEMMs with hundreds of columns, while
-// large ones go one sample at a time and col stays in cache between im2col and the GEMM (an
-// 8 MiB budget was 10-40% slower on the shapes below). Forward and backward use the same chunks.
+// B is the largest power of two of samples whose col fits kColBudget floats (1 MiB, about what
+// L2 holds): small feature maps (7x7 at the end of a CNN) still make GEMMs with hundreds of
+// columns, large ones go one sample at a time (an 8 MiB budget was 10-40% slower). A power of
+// two, so that a batch of 32 on one rank and 4 x 8 on four ranks run GEMMs of the same shapes on
+// the same samples, which keeps their float32 rounding closer (the 30-step equivalence test).
+// Forward and backward use the same chunks.
 // A training forward writes every chunk's col into a buffer the layer keeps (k·k times the
 // input's size, reused from step to step) and the backward's dW GEMM reads it from there instead
 // of running im2col again: about 6% of a small_cnn step at per-rank batch 32. Above
@@ -34,6 +36,7 @@
 #include <dnnl.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -106,6 +109,45 @@ void im2col_row(const float* x, const ConvShape& s, int64_t r, float* __restrict
 // dcol that read it. col row r starts at dcol + r·ld.
 void col2im_channel(const float* dcol, int64_t ld, const ConvShape& s, int64_t ci,
                     float* dx_plane) {
+  if (s.stride == 1) {
+    // Stride 1: the k rows of one kh add shifted copies of the same dcol row span to one dx row,
+    // so sum them in one pass over the dx row: dx[ih][iw] += Σ_kw g_kw[oh][iw + pad − kw], over
+    // the kw whose column lies in [0, wo). Inside [lo, hi) every kw's column does.
+    const int64_t lo = std::min(std::max<int64_t>(s.k - 1 - s.pad, 0), s.w);
+    const int64_t hi = std::max(std::min(s.wo - s.pad, s.w), lo);
+    for (int64_t kh = 0; kh < s.k; ++kh) {
+      const float* rows = dcol + (ci * s.k + kh) * s.k * ld;  // row kw at rows + kw·ld
+      for (int64_t oh = 0; oh < s.ho; ++oh) {
+        const int64_t ih = oh - s.pad + kh;
+        if (ih < 0 || ih >= s.h) continue;
+        float* __restrict d = dx_plane + ih * s.w;
+        const float* g = rows + oh * s.wo + s.pad;  // g[kw·ld + iw − kw] = g_kw[oh][iw + pad − kw]
+        const auto edge = [&](int64_t iw) {
+          float sum = 0.0f;
+          for (int64_t kw = 0; kw < s.k; ++kw) {
+            const int64_t ow = iw + s.pad - kw;
+            if (ow >= 0 && ow < s.wo) sum += g[kw * ld + iw - kw];
+          }
+          d[iw] += sum;
+        };
+        for (int64_t iw = 0; iw < lo; ++iw) edge(iw);
+        if (s.k == 3) {
+          const float* __restrict g0 = g;
+          const float* __restrict g1 = g + ld - 1;
+          const float* __restrict g2 = g + 2 * ld - 2;
+          for (int64_t iw = lo; iw < hi; ++iw) d[iw] += g0[iw] + g1[iw] + g2[iw];
+        } else {
+          for (int64_t iw = lo; iw < hi; ++iw) {
+            float sum = 0.0f;
+            for (int64_t kw = 0; kw < s.k; ++kw) sum += g[kw * ld + iw - kw];
+            d[iw] += sum;
+          }
+        }
+        for (int64_t iw = hi; iw < s.w; ++iw) edge(iw);
+      }
+    }
+    return;
+  }
   for (int64_t kh = 0; kh < s.k; ++kh) {
     for (int64_t kw = 0; kw < s.k; ++kw) {
       const float* row = dcol + ((ci * s.k + kh) * s.k + kw) * ld;
@@ -156,7 +198,9 @@ ConvShape conv_shape(const std::vector<int64_t>& x_shape, int64_t c, int64_t k, 
 }
 
 int64_t chunk_samples(const ConvShape& s, int64_t n) {
-  return std::clamp<int64_t>(kColBudget / (s.rows() * s.positions()), 1, std::max<int64_t>(n, 1));
+  const int64_t fit = std::max<int64_t>(kColBudget / (s.rows() * s.positions()), 1);
+  return std::min(static_cast<int64_t>(std::bit_floor(static_cast<uint64_t>(fit))),
+                  std::max<int64_t>(n, 1));
 }
 
 std::string conv_expected_input(int64_t c) { return str_cat("(N, ", c, ", H, W)"); }

@@ -120,8 +120,10 @@ def compare_runs(ma, wa, mb, wb, tol, what, weight_tol=None):
 # the other side of a ReLU, a max-pool tie breaks the other way): losses and weights agree to
 # ~1e-7 until the first such event, then drift apart slowly. So: a short run must agree to
 # rounding, and 30 steps at a small learning rate must keep the loss within 1e-4 at every step
-# and the weights within 1e-3.
-EQUIVALENCE_LR = "train.lr=0.005"
+# and the weights within 1e-3. Measured on the dev VM (seed 7 of configs/ci_tiny.yaml): lr 0.003
+# has no event in 30 steps (loss 1.4e-7, weights 1.5e-5); other seeds at lr 0.003 reach a loss
+# difference of ~4e-5; lr 0.005 has an event after which a running_var is 1.05e-3 apart.
+EQUIVALENCE_LR = "train.lr=0.003"
 
 
 def equivalence(binary, out):
