@@ -80,10 +80,36 @@ struct ConvShape {
   }
 };
 
+// im2col_row for a stride-1 "same" convolution (ho == h, wo == w): row (kh, kw) is the input
+// plane shifted by (kh − pad, kw − pad) with zeros shifted in. In the flattened plane that is one
+// long copy at offset shift = dh·w + dw, after which the rows outside the plane and the dw
+// columns that wrapped around from the neighbouring row are zeroed: long vector loops instead
+// of ho row copies of a few dozen floats.
+void im2col_row_same(const float* plane, const ConvShape& s, int64_t kh, int64_t kw,
+                     float* __restrict out) {
+  const int64_t h = s.h, w = s.w, dh = kh - s.pad, dw = kw - s.pad;
+  const int64_t row_lo = std::clamp<int64_t>(-dh, 0, h), row_hi = std::clamp<int64_t>(h - dh, 0, h);
+  const int64_t j0 = row_lo * w, j1 = std::max(row_hi * w, j0), shift = dh * w + dw;
+  // Copy where the source lies inside the plane; what is left of [j0, j1) is wrapped columns.
+  const int64_t c0 = std::clamp<int64_t>(-shift, j0, j1);
+  const int64_t c1 = std::clamp<int64_t>(h * w - shift, c0, j1);
+  for (int64_t j = 0; j < c0; ++j) out[j] = 0.0f;
+  for (int64_t j = c0; j < c1; ++j) out[j] = plane[j + shift];
+  for (int64_t j = c1; j < h * w; ++j) out[j] = 0.0f;
+  const int64_t zero_lo = dw > 0 ? w - dw : 0, zero_hi = dw > 0 ? w : std::min(-dw, w);
+  for (int64_t row = row_lo; row < row_hi; ++row) {
+    for (int64_t col = zero_lo; col < zero_hi; ++col) out[row * w + col] = 0.0f;
+  }
+}
+
 // Row r = (ci, kh, kw) of one sample's col, written at out[0, P).
 void im2col_row(const float* x, const ConvShape& s, int64_t r, float* __restrict out) {
   const int64_t ci = r / (s.k * s.k), kh = r / s.k % s.k, kw = r % s.k;
   const float* plane = x + ci * s.h * s.w;
+  if (s.stride == 1 && s.ho == s.h && s.wo == s.w) {
+    im2col_row_same(plane, s, kh, kw, out);
+    return;
+  }
   const auto [lo, hi] = s.valid_columns(kw);
   for (int64_t oh = 0; oh < s.ho; ++oh) {
     float* o = out + oh * s.wo;
