@@ -133,8 +133,29 @@ void im2col_row(const float* x, const ConvShape& s, int64_t r, float* __restrict
 
 // The adjoint of im2col for input channel ci of one sample: dx_plane (h, w) += the k·k rows of
 // dcol that read it. col row r starts at dcol + r·ld.
-void col2im_channel(const float* dcol, int64_t ld, const ConvShape& s, int64_t ci,
-                    float* dx_plane) {
+void col2im_channel(float* dcol, int64_t ld, const ConvShape& s, int64_t ci, float* dx_plane) {
+  if (s.stride == 1 && s.ho == s.h && s.wo == s.w) {
+    // The adjoint of im2col_row_same: zero the entries of each dcol row whose input column
+    // wrapped around (dcol is scratch), then add the row to the plane shifted back in one long
+    // loop; the added zeros leave dx unchanged.
+    for (int64_t kh = 0; kh < s.k; ++kh) {
+      for (int64_t kw = 0; kw < s.k; ++kw) {
+        float* __restrict g = dcol + ((ci * s.k + kh) * s.k + kw) * ld;
+        const int64_t h = s.h, w = s.w, dh = kh - s.pad, dw = kw - s.pad;
+        const int64_t row_lo = std::clamp<int64_t>(-dh, 0, h);
+        const int64_t row_hi = std::clamp<int64_t>(h - dh, 0, h);
+        const int64_t zero_lo = dw > 0 ? w - dw : 0, zero_hi = dw > 0 ? w : std::min(-dw, w);
+        for (int64_t row = row_lo; row < row_hi; ++row) {
+          for (int64_t col = zero_lo; col < zero_hi; ++col) g[row * w + col] = 0.0f;
+        }
+        const int64_t j0 = row_lo * w, j1 = std::max(row_hi * w, j0), shift = dh * w + dw;
+        const int64_t c0 = std::clamp<int64_t>(-shift, j0, j1);
+        const int64_t c1 = std::clamp<int64_t>(h * w - shift, c0, j1);
+        for (int64_t j = c0; j < c1; ++j) dx_plane[j + shift] += g[j];
+      }
+    }
+    return;
+  }
   if (s.stride == 1) {
     // Stride 1: the k rows of one kh add shifted copies of the same dcol row span to one dx row,
     // so sum them in one pass over the dx row: dx[ih][iw] += Σ_kw g_kw[oh][iw + pad − kw], over
@@ -206,7 +227,7 @@ void im2col_chunk(const float* x, const ConvShape& s, int64_t count, float* col)
 }
 
 // dx (count samples) += col2im(dcol (R, count·P)).
-void col2im_chunk(const float* dcol, const ConvShape& s, int64_t count, float* dx) {
+void col2im_chunk(float* dcol, const ConvShape& s, int64_t count, float* dx) {
   const int64_t P = s.positions(), ld = count * P;
   const int64_t items = count * s.c;
 #pragma omp parallel for schedule(static) num_threads(thread_count_for(items* s.k* s.k* P))

@@ -182,7 +182,10 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{3, 2, 5, 4, 3, 1, 1, 0, true},   // 1x1
                       ConvCase{1, 1, 5, 6, 2, 5, 1, 2, true},   // 5x5 with padding 2
                       ConvCase{2, 2, 4, 5, 2, 2, 2, 0, true},   // even kernel, stride 2
-                      ConvCase{2, 2, 3, 3, 2, 3, 3, 1, true}),  // stride larger than the overlap
+                      ConvCase{2, 2, 3, 3, 2, 3, 3, 1, true},   // stride larger than the overlap
+                      ConvCase{2, 3, 7, 6, 2, 3, 1, 0, true},   // stride 1, no padding (valid)
+                      ConvCase{1, 2, 5, 8, 3, 3, 1, 2, true},   // stride 1, padding beyond same
+                      ConvCase{2, 2, 6, 5, 2, 2, 1, 1, true}),  // even kernel, stride 1
     [](const ::testing::TestParamInfo<ConvCase>& param_info) {
       const ConvCase& c = param_info.param;
       return str_cat("n", c.n, "k", c.k, "s", c.stride, "p", c.pad, c.bias ? "" : "nobias");
