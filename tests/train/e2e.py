@@ -117,12 +117,14 @@ def compare_runs(ma, wa, mb, wb, tol, what, weight_tol=None):
 
 # Rounding differs between the two runs (float32 sums over 8 vs 32 samples, then across ranks),
 # and training amplifies it at discrete events (a pre-activation within rounding of zero takes
-# the other side of a ReLU, a max-pool tie breaks the other way): losses and weights agree to
-# ~1e-7 until the first such event, then drift apart slowly. So: a short run must agree to
-# rounding, and 30 steps at a small learning rate must keep the loss within 1e-4 at every step
-# and the weights within 1e-3. Measured on the dev VM (seed 7 of configs/ci_tiny.yaml): lr 0.003
-# has no event in 30 steps (loss 1.4e-7, weights 1.5e-5); other seeds at lr 0.003 reach a loss
-# difference of ~4e-5; lr 0.005 has an event after which a running_var is 1.05e-3 apart.
+# the other side of a ReLU, a max-pool tie breaks the other way, so one element's gradient is
+# routed differently): losses and weights agree to ~1e-7 until the first such event, then drift
+# apart. So: a short run must agree to rounding (loss 1e-6, weights 1e-5), and 30 steps at a
+# small learning rate must keep the loss within 1e-4 at every step and the weights within 1e-2.
+# Measured on the dev VM at lr 0.003, seeds 1, 2, 3, 4, 7 of configs/ci_tiny.yaml: worst loss
+# difference 6e-8 (seed 2, no event) to 6.8e-5; worst weight difference 6e-6 to 2.0e-3, always
+# in a BN running_mean/running_var. Real errors are far larger: local statistics (norm bn with
+# 4 x 8) put the loss 8e-3 apart at step 1 and 1e-2 to 3e-2 apart from step 13 on.
 EQUIVALENCE_LR = "train.lr=0.003"
 
 
@@ -137,7 +139,7 @@ def equivalence(binary, out):
     long = base + ["train.steps=30"]
     ma, wa, _ = train(binary, 4, out, "syncbn_np4", long + a)
     mb, wb, _ = train(binary, 1, out, "bn_np1", long + b)
-    compare_runs(ma, wa, mb, wb, 1e-4, "30 steps: np4x8 syncbn vs np1x32 bn", weight_tol=1e-3)
+    compare_runs(ma, wa, mb, wb, 1e-4, "30 steps: np4x8 syncbn vs np1x32 bn", weight_tol=1e-2)
 
 
 def uneven(binary, out):
