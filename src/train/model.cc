@@ -56,9 +56,8 @@ std::vector<size_t> Sequential::parameter_layers() {
   return owners;
 }
 
-namespace {
-
-std::vector<LayerSpec> small_cnn() {
+std::vector<LayerSpec> layer_specs(const Config& config) {
+  if (config.model.preset != "small_cnn") return config.model.layers;
   auto conv = [](int64_t out) { return LayerSpec{"conv", out, 3, 1, 1}; };
   const LayerSpec norm{"norm"}, relu{"relu"}, pool{"maxpool", 0, 2, 2, 0};
   return {conv(32),  norm, relu, conv(32), norm,        relu,          pool,
@@ -66,20 +65,13 @@ std::vector<LayerSpec> small_cnn() {
           conv(128), norm, relu, {"gap"},  {"flatten"}, {"linear", 10}};
 }
 
-const std::vector<LayerSpec>& specs_of(const Config& config, std::vector<LayerSpec>& storage) {
-  if (config.model.preset == "small_cnn") {
-    storage = small_cnn();
-    return storage;
-  }
-  return config.model.layers;
-}
+namespace {
 
 // Walks the specs with the activation shape, calling visit(index, spec, shape_in, conv_bias).
 // Shapes: {C, H, W} for images, {F} after flatten. Throws for layers that do not fit.
 template <typename Visit>
 void walk(const Config& config, Visit&& visit) {
-  std::vector<LayerSpec> storage;
-  const std::vector<LayerSpec>& specs = specs_of(config, storage);
+  const std::vector<LayerSpec> specs = layer_specs(config);
   std::vector<int64_t> shape = {1, 28, 28};
   for (size_t i = 0; i < specs.size(); ++i) {
     const LayerSpec& s = specs[i];

@@ -34,6 +34,9 @@ class Sequential {
   std::vector<std::unique_ptr<nn::Layer>> layers_;
 };
 
+// The configured layers: the list form, or the small_cnn preset spelled out as one.
+std::vector<LayerSpec> layer_specs(const Config& config);
+
 // Builds the configured model for 1×28×28 inputs and 10 classes. bn_group is the SyncBN group
 // (used when model.norm is syncbn; not owned). Initial weights come from Rng(seed): identical
 // on every rank.

@@ -6,18 +6,6 @@
 namespace syncbn::train {
 namespace {
 
-// The config's layer list: the list form, or the small_cnn preset as train/model.cc builds it.
-// plan_device_model checks every layer against the host model, so a drift between the two
-// copies stops the run (and tests/train/device_plan_test.cc) instead of training another network.
-std::vector<LayerSpec> layer_specs(const Config& config) {
-  if (config.model.preset != "small_cnn") return config.model.layers;
-  auto conv = [](int64_t out) { return LayerSpec{"conv", out, 3, 1, 1}; };
-  const LayerSpec norm{"norm"}, relu{"relu"}, pool{"maxpool", 0, 2, 2, 0};
-  return {conv(32),  norm, relu, conv(32), norm,        relu,          pool,
-          conv(64),  norm, relu, conv(64), norm,        relu,          pool,
-          conv(128), norm, relu, {"gap"},  {"flatten"}, {"linear", 10}};
-}
-
 PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const LayerSpec& spec,
                         const SampleShape& in) {
   PlannedLayer L;
@@ -25,8 +13,8 @@ PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const L
   L.out = in;
   const std::string where = str_cat("model layer ", i, " (", host.kind(), ")");
   auto expect_spec = [&](const char* type) {
-    SYNCBN_REQUIRE(spec.type == type, where, ": the CUDA backend's layer list has '", spec.type,
-                   "' here; its copy of the model preset differs from train/model.cc");
+    SYNCBN_REQUIRE(spec.type == type, where, ": layer_specs() has '", spec.type,
+                   "' here, so the model was not built from this config");
   };
   if (auto* conv = dynamic_cast<nn::Conv2d*>(&host)) {
     expect_spec("conv");
@@ -89,7 +77,7 @@ PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const L
 DevicePlan plan_device_model(const Config& config, Sequential& model, int64_t bucket_bytes) {
   DevicePlan plan;
   const std::vector<LayerSpec> specs = layer_specs(config);
-  SYNCBN_REQUIRE(specs.size() == model.size(), "the CUDA backend's layer list has ", specs.size(),
+  SYNCBN_REQUIRE(specs.size() == model.size(), "layer_specs() has ", specs.size(),
                  " layers, the model ", model.size());
   SampleShape shape{1, 28, 28};
   for (size_t i = 0; i < specs.size(); ++i) {
