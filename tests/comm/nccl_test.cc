@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/cuda_skip_mpi.h"
 #include "comm/communicator.h"
 #include "core/error.h"
 
@@ -20,25 +21,7 @@ namespace {
 
 // Why this node cannot run the NCCL tests, or "" if it can. The same answer on every rank of a
 // node, so all ranks skip together.
-std::string reason_to_skip() {
-  int device_count = 0;
-  const cudaError_t status = cudaGetDeviceCount(&device_count);
-  if (status != cudaSuccess) {
-    cudaGetLastError();
-    return std::string("no CUDA device: cudaGetDeviceCount: ") + cudaGetErrorString(status);
-  }
-  if (device_count == 0) return "no CUDA device";
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int ranks_on_node = 0;
-  MPI_Comm_size(node, &ranks_on_node);
-  MPI_Comm_free(&node);
-  if (ranks_on_node > device_count) {
-    return std::to_string(ranks_on_node) + " ranks on this node but only " +
-           std::to_string(device_count) + " CUDA device(s)";
-  }
-  return "";
-}
+std::string reason_to_skip() { return syncbn::testing::cuda_skip_reason_for_node(); }
 
 // count elements on the current device, freed on destruction.
 template <typename T>

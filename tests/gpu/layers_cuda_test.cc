@@ -16,21 +16,14 @@
 #include <string>
 #include <vector>
 
+#include "../common/cuda_skip.h"
 #include "nn/layers.h"
 #include "optim/sgd.h"
 
 namespace syncbn::nn {
 namespace {
 
-std::string reason_to_skip() {
-  int devices = 0;
-  const cudaError_t status = cudaGetDeviceCount(&devices);
-  if (status != cudaSuccess) {
-    cudaGetLastError();
-    return std::string("no CUDA device: cudaGetDeviceCount: ") + cudaGetErrorString(status);
-  }
-  return devices == 0 ? "no CUDA device" : "";
-}
+std::string reason_to_skip() { return syncbn::testing::cuda_skip_reason(); }
 
 class CudaLayersTest : public ::testing::Test {
  protected:

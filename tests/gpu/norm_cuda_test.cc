@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/cuda_skip.h"
 #include "norm/cuda/kernels_cuda.h"
 #include "norm/kernels.h"
 
@@ -25,15 +26,7 @@ namespace {
 
 #define TEST_CUDA_CHECK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
-std::string reason_to_skip() {
-  int devices = 0;
-  const cudaError_t status = cudaGetDeviceCount(&devices);
-  if (status != cudaSuccess) {
-    cudaGetLastError();
-    return std::string("no CUDA device: cudaGetDeviceCount: ") + cudaGetErrorString(status);
-  }
-  return devices == 0 ? "no CUDA device" : "";
-}
+std::string reason_to_skip() { return syncbn::testing::cuda_skip_reason(); }
 
 // Host element conversions (cuda_fp16.h / cuda_bf16.h have host versions).
 template <typename T>

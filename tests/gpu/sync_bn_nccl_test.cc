@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/cuda_skip_mpi.h"
 #include "comm/communicator.h"
 #include "core/error.h"
 #include "nn/sync_batch_norm.h"
@@ -69,25 +70,7 @@ std::unique_ptr<comm::Communicator> make_world() {
 #else
 std::unique_ptr<comm::Communicator> make_world() { return comm::make_communicator("nccl"); }
 
-std::string reason_to_skip() {
-  int devices = 0;
-  const cudaError_t status = cudaGetDeviceCount(&devices);
-  if (status != cudaSuccess) {
-    cudaGetLastError();
-    return std::string("no CUDA device: cudaGetDeviceCount: ") + cudaGetErrorString(status);
-  }
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int ranks_on_node = 0;
-  MPI_Comm_size(node, &ranks_on_node);
-  MPI_Comm_free(&node);
-  if (devices == 0) return "no CUDA device";
-  if (ranks_on_node > devices) {
-    return std::to_string(ranks_on_node) + " ranks on this node but only " +
-           std::to_string(devices) + " CUDA device(s)";
-  }
-  return "";
-}
+std::string reason_to_skip() { return syncbn::testing::cuda_skip_reason_for_node(); }
 #endif
 
 // Host ↔ device copies of float vectors.
