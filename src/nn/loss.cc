@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "nn/layer_util.h"
 #include "nn/layers.h"
+#include "nn/loss_math.h"
 #include "norm/parallel.h"
 
 namespace syncbn::nn {
@@ -36,22 +37,10 @@ double softmax_cross_entropy(const Tensor& logits, const int32_t* labels, double
   std::vector<uint8_t> hit(static_cast<size_t>(N));
 #pragma omp parallel for schedule(static) num_threads(norm::thread_count_for(N* K * 8))
   for (int64_t i = 0; i < N; ++i) {
-    const float* row = z + i * K;
     int64_t argmax = 0;
-    for (int64_t k = 1; k < K; ++k)
-      if (row[k] > row[argmax]) argmax = k;
-    const double m = row[argmax];
-    double sum = 0.0;
-    for (int64_t k = 0; k < K; ++k) sum += std::exp(static_cast<double>(row[k]) - m);
-    const double lse = m + std::log(sum);
-    loss[i] = lse - row[labels[i]];
+    loss[i] = math::softmax_xent_row(z + i * K, K, labels[i], scale,
+                                     dz != nullptr ? dz + i * K : nullptr, &argmax);
     hit[i] = argmax == labels[i];
-    if (dz != nullptr) {
-      float* d = dz + i * K;
-      for (int64_t k = 0; k < K; ++k)
-        d[k] = static_cast<float>(
-            scale * (std::exp(static_cast<double>(row[k]) - lse) - (k == labels[i] ? 1.0 : 0.0)));
-    }
   }
   double total = 0.0;
   int64_t hits = 0;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "nn/cuda/layers_cuda.h"
+#include "nn/loss_math.h"
 #include "norm/cuda/cuda_common.cuh"  // launch(), also under the CPU emulation of tests
 
 namespace syncbn::nn::cuda {
@@ -143,20 +144,8 @@ __global__ void bias_backward_kernel(const float* dy, int64_t N, int64_t C, int6
 __global__ void softmax_xent_rows_kernel(const float* z, const int32_t* labels, int64_t N,
                                          int64_t K, double scale, float* dz, double* row_loss) {
   for (int64_t i = first_index(); i < N; i += index_stride()) {
-    const float* row = z + i * K;
     int64_t argmax = 0;
-    for (int64_t k = 1; k < K; ++k)
-      if (row[k] > row[argmax]) argmax = k;
-    const double m = row[argmax];
-    double sum = 0.0;
-    for (int64_t k = 0; k < K; ++k) sum += std::exp(static_cast<double>(row[k]) - m);
-    const double lse = m + std::log(sum);
-    const int64_t label = labels[i];
-    row_loss[i] = lse - row[label];
-    float* d = dz + i * K;
-    for (int64_t k = 0; k < K; ++k)
-      d[k] = static_cast<float>(
-          scale * (std::exp(static_cast<double>(row[k]) - lse) - (k == label ? 1.0 : 0.0)));
+    row_loss[i] = math::softmax_xent_row(z + i * K, K, labels[i], scale, dz + i * K, &argmax);
   }
 }
 
