@@ -80,25 +80,40 @@ struct ConvShape {
   }
 };
 
-// im2col_row for a stride-1 "same" convolution (ho == h, wo == w): row (kh, kw) is the input
-// plane shifted by (kh − pad, kw − pad) with zeros shifted in. In the flattened plane that is one
-// long copy at offset shift = dh·w + dw, after which the rows outside the plane and the dw
-// columns that wrapped around from the neighbouring row are zeroed: long vector loops instead
-// of ho row copies of a few dozen floats.
+// Row (kh, kw) of a stride-1 "same" convolution (ho == h, wo == w) is the input plane shifted by
+// (dh, dw) = (kh − pad, kw − pad) with zeros shifted in. In the flattened plane that is
+// out[j] = plane[j + shift], shift = dh·w + dw, for j in [copy_lo, copy_hi); every other j is
+// outside the plane, and so are columns [zero_lo, zero_hi) of rows [row_lo, row_hi), which the
+// flat copy fills from the neighbouring row. Long vector loops instead of ho row copies of a few
+// dozen floats.
+struct SameShift {
+  int64_t shift, copy_lo, copy_hi;
+  int64_t row_lo, row_hi, zero_lo, zero_hi;
+};
+
+SameShift same_shift(const ConvShape& s, int64_t kh, int64_t kw) {
+  const int64_t h = s.h, w = s.w, dh = kh - s.pad, dw = kw - s.pad;
+  SameShift t{};
+  t.shift = dh * w + dw;
+  t.row_lo = std::clamp<int64_t>(-dh, 0, h);
+  t.row_hi = std::clamp<int64_t>(h - dh, t.row_lo, h);
+  t.copy_lo = std::clamp<int64_t>(-t.shift, t.row_lo * w, t.row_hi * w);
+  t.copy_hi = std::clamp<int64_t>(h * w - t.shift, t.copy_lo, t.row_hi * w);
+  t.zero_lo = dw > 0 ? w - dw : 0;
+  t.zero_hi = dw > 0 ? w : std::min(-dw, w);
+  return t;
+}
+
+bool is_same_stride1(const ConvShape& s) { return s.stride == 1 && s.ho == s.h && s.wo == s.w; }
+
 void im2col_row_same(const float* plane, const ConvShape& s, int64_t kh, int64_t kw,
                      float* __restrict out) {
-  const int64_t h = s.h, w = s.w, dh = kh - s.pad, dw = kw - s.pad;
-  const int64_t row_lo = std::clamp<int64_t>(-dh, 0, h), row_hi = std::clamp<int64_t>(h - dh, 0, h);
-  const int64_t j0 = row_lo * w, j1 = std::max(row_hi * w, j0), shift = dh * w + dw;
-  // Copy where the source lies inside the plane; what is left of [j0, j1) is wrapped columns.
-  const int64_t c0 = std::clamp<int64_t>(-shift, j0, j1);
-  const int64_t c1 = std::clamp<int64_t>(h * w - shift, c0, j1);
-  for (int64_t j = 0; j < c0; ++j) out[j] = 0.0f;
-  for (int64_t j = c0; j < c1; ++j) out[j] = plane[j + shift];
-  for (int64_t j = c1; j < h * w; ++j) out[j] = 0.0f;
-  const int64_t zero_lo = dw > 0 ? w - dw : 0, zero_hi = dw > 0 ? w : std::min(-dw, w);
-  for (int64_t row = row_lo; row < row_hi; ++row) {
-    for (int64_t col = zero_lo; col < zero_hi; ++col) out[row * w + col] = 0.0f;
+  const SameShift t = same_shift(s, kh, kw);
+  for (int64_t j = 0; j < t.copy_lo; ++j) out[j] = 0.0f;
+  for (int64_t j = t.copy_lo; j < t.copy_hi; ++j) out[j] = plane[j + t.shift];
+  for (int64_t j = t.copy_hi; j < s.h * s.w; ++j) out[j] = 0.0f;
+  for (int64_t row = t.row_lo; row < t.row_hi; ++row) {
+    for (int64_t col = t.zero_lo; col < t.zero_hi; ++col) out[row * s.w + col] = 0.0f;
   }
 }
 
@@ -106,7 +121,7 @@ void im2col_row_same(const float* plane, const ConvShape& s, int64_t kh, int64_t
 void im2col_row(const float* x, const ConvShape& s, int64_t r, float* __restrict out) {
   const int64_t ci = r / (s.k * s.k), kh = r / s.k % s.k, kw = r % s.k;
   const float* plane = x + ci * s.h * s.w;
-  if (s.stride == 1 && s.ho == s.h && s.wo == s.w) {
+  if (is_same_stride1(s)) {
     im2col_row_same(plane, s, kh, kw, out);
     return;
   }
@@ -134,63 +149,18 @@ void im2col_row(const float* x, const ConvShape& s, int64_t r, float* __restrict
 // The adjoint of im2col for input channel ci of one sample: dx_plane (h, w) += the k·k rows of
 // dcol that read it. col row r starts at dcol + r·ld.
 void col2im_channel(float* dcol, int64_t ld, const ConvShape& s, int64_t ci, float* dx_plane) {
-  if (s.stride == 1 && s.ho == s.h && s.wo == s.w) {
-    // The adjoint of im2col_row_same: zero the entries of each dcol row whose input column
-    // wrapped around (dcol is scratch), then add the row to the plane shifted back in one long
-    // loop; the added zeros leave dx unchanged.
+  if (is_same_stride1(s)) {
+    // The adjoint of im2col_row_same: zero the entries of each dcol row that the flat copy took
+    // from a neighbouring row (dcol is scratch), then add the row to the plane shifted back in
+    // one long loop; the added zeros leave dx unchanged.
     for (int64_t kh = 0; kh < s.k; ++kh) {
       for (int64_t kw = 0; kw < s.k; ++kw) {
         float* __restrict g = dcol + ((ci * s.k + kh) * s.k + kw) * ld;
-        const int64_t h = s.h, w = s.w, dh = kh - s.pad, dw = kw - s.pad;
-        const int64_t row_lo = std::clamp<int64_t>(-dh, 0, h);
-        const int64_t row_hi = std::clamp<int64_t>(h - dh, 0, h);
-        const int64_t zero_lo = dw > 0 ? w - dw : 0, zero_hi = dw > 0 ? w : std::min(-dw, w);
-        for (int64_t row = row_lo; row < row_hi; ++row) {
-          for (int64_t col = zero_lo; col < zero_hi; ++col) g[row * w + col] = 0.0f;
+        const SameShift t = same_shift(s, kh, kw);
+        for (int64_t row = t.row_lo; row < t.row_hi; ++row) {
+          for (int64_t col = t.zero_lo; col < t.zero_hi; ++col) g[row * s.w + col] = 0.0f;
         }
-        const int64_t j0 = row_lo * w, j1 = std::max(row_hi * w, j0), shift = dh * w + dw;
-        const int64_t c0 = std::clamp<int64_t>(-shift, j0, j1);
-        const int64_t c1 = std::clamp<int64_t>(h * w - shift, c0, j1);
-        for (int64_t j = c0; j < c1; ++j) dx_plane[j + shift] += g[j];
-      }
-    }
-    return;
-  }
-  if (s.stride == 1) {
-    // Stride 1: the k rows of one kh add shifted copies of the same dcol row span to one dx row,
-    // so sum them in one pass over the dx row: dx[ih][iw] += Σ_kw g_kw[oh][iw + pad − kw], over
-    // the kw whose column lies in [0, wo). Inside [lo, hi) every kw's column does.
-    const int64_t lo = std::min(std::max<int64_t>(s.k - 1 - s.pad, 0), s.w);
-    const int64_t hi = std::max(std::min(s.wo - s.pad, s.w), lo);
-    for (int64_t kh = 0; kh < s.k; ++kh) {
-      const float* rows = dcol + (ci * s.k + kh) * s.k * ld;  // row kw at rows + kw·ld
-      for (int64_t oh = 0; oh < s.ho; ++oh) {
-        const int64_t ih = oh - s.pad + kh;
-        if (ih < 0 || ih >= s.h) continue;
-        float* __restrict d = dx_plane + ih * s.w;
-        const float* g = rows + oh * s.wo + s.pad;  // g[kw·ld + iw − kw] = g_kw[oh][iw + pad − kw]
-        const auto edge = [&](int64_t iw) {
-          float sum = 0.0f;
-          for (int64_t kw = 0; kw < s.k; ++kw) {
-            const int64_t ow = iw + s.pad - kw;
-            if (ow >= 0 && ow < s.wo) sum += g[kw * ld + iw - kw];
-          }
-          d[iw] += sum;
-        };
-        for (int64_t iw = 0; iw < lo; ++iw) edge(iw);
-        if (s.k == 3) {
-          const float* __restrict g0 = g;
-          const float* __restrict g1 = g + ld - 1;
-          const float* __restrict g2 = g + 2 * ld - 2;
-          for (int64_t iw = lo; iw < hi; ++iw) d[iw] += g0[iw] + g1[iw] + g2[iw];
-        } else {
-          for (int64_t iw = lo; iw < hi; ++iw) {
-            float sum = 0.0f;
-            for (int64_t kw = 0; kw < s.k; ++kw) sum += g[kw * ld + iw - kw];
-            d[iw] += sum;
-          }
-        }
-        for (int64_t iw = hi; iw < s.w; ++iw) edge(iw);
+        for (int64_t j = t.copy_lo; j < t.copy_hi; ++j) dx_plane[j + t.shift] += g[j];
       }
     }
     return;
