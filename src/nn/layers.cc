@@ -121,6 +121,9 @@ Tensor MaxPool2d::forward(const Tensor& x_in, bool /*training*/) {
   const float* x = xc.get().data();
   Tensor y = Tensor::empty({N, C, Ho, Wo});
   argmax_.resize(static_cast<size_t>(y.numel()));
+  in_shape_ = x_in.shape();
+  out_shape_ = y.shape();
+  have_saved_ = true;
   const int64_t planes = N * C;
   float* out = y.data();
   int32_t* arg = argmax_.data();
@@ -136,9 +139,6 @@ Tensor MaxPool2d::forward(const Tensor& x_in, bool /*training*/) {
                          static_cast<int32_t>(2 * oh * W), static_cast<int32_t>(W));
       }
     }
-    in_shape_ = x_in.shape();
-    out_shape_ = y.shape();
-    have_saved_ = true;
     return y;
   }
 #pragma omp parallel for schedule(static) \
@@ -169,9 +169,6 @@ Tensor MaxPool2d::forward(const Tensor& x_in, bool /*training*/) {
       }
     }
   }
-  in_shape_ = x_in.shape();
-  out_shape_ = y.shape();
-  have_saved_ = true;
   return y;
 }
 
