@@ -22,12 +22,12 @@
 // recomputes col chunk by chunk.
 //
 // GEMM library: oneDNN's dnnl_sgemm (libdnnl 2.6, the one PyTorch 1.13 is built with), not
-// OpenBLAS. Single-thread GFLOP/s of the GEMMs of small_cnn's 32→32 conv at 28x28 (forward,
-// dW, dcol) on the dev VM's AMD EPYC (Zen 5, AVX-512): OpenBLAS 0.3.21 97 / 85 / 104 with the
-// Haswell kernels this VM's environment selects (OPENBLAS_CORETYPE=Haswell), 151 / 122 / 180
-// with its AVX-512 SkylakeX kernels; oneDNN 215 / 174 / 214, whatever OPENBLAS_CORETYPE says. An
-// earlier comparison of whole convolutions against PyTorch's oneDNN conv primitive found im2col
-// + GEMM on par with it, so the primitive API is not used.
+// OpenBLAS. `OMP_NUM_THREADS=1 build/bench/gemm_bench`, GFLOP/s of the GEMMs of small_cnn's
+// 32→32 conv at 28x28 (forward, dW, dcol) on the dev VM's AMD EPYC (Zen 5, AVX-512): oneDNN
+// 228 / 176 / 220; OpenBLAS 0.3.21 101 / 90 / 109 with the Haswell kernels this VM's environment
+// selects (OPENBLAS_CORETYPE=Haswell), 153 / 123 / 187 with its AVX-512 SkylakeX kernels. oneDNN
+// ignores OPENBLAS_CORETYPE. An earlier comparison of whole convolutions against PyTorch's oneDNN
+// conv primitive found im2col + GEMM on par with it, so the primitive API is not used.
 //
 // im2col, col2im and the bias/scatter passes split their loops statically over OpenMP threads,
 // each thread owning whole output rows or input channels, so results do not depend on
