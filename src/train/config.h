@@ -53,7 +53,7 @@ struct Config {
     double min_lr = 0.0;            // schedule: cosine
     int64_t eval_every_epochs = 1;  // 0 = only after the last step
     int64_t log_every = 50;
-    int64_t threads = 1;  // OpenMP / OpenBLAS threads per rank
+    int64_t threads = 1;  // OpenMP threads per rank (our kernels and oneDNN's GEMMs)
   } train;
   struct Checkpoint {
     std::string dir;          // "" = no checkpoints (syncbn train --checkpoint-dir sets it)
