@@ -15,7 +15,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   openmpi-bin libopenmpi-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libyaml-cpp-dev libsqlite3-dev libdnnl-dev zlib1g-dev
+  libyaml-cpp-dev libsqlite3-dev libdnnl-dev ocl-icd-opencl-dev zlib1g-dev
   python3-torch python3-numpy python3-grpcio dataset-fashion-mnist
   iproute2 shellcheck clang-format
   librsvg2-dev fonts-dejavu-core
