@@ -109,12 +109,9 @@ std::vector<uint32_t> read_idx_header(GzReader& reader, uint32_t magic, int dims
 
 }  // namespace
 
-const char* to_string(Split split) { return split == Split::kTrain ? "train" : "test"; }
-
-Split parse_split(const std::string& name) {
-  if (name == "train") return Split::kTrain;
-  if (name == "test") return Split::kTest;
-  throw Error(str_cat("unknown dataset split '", name, "'; expected 'train' or 'test'"));
+DatasetInfo fashion_mnist_info() {
+  return DatasetInfo{"fashion_mnist", 1, kFashionMnistRows, kFashionMnistCols,
+                     kFashionMnistClasses};
 }
 
 std::vector<std::string> fashion_mnist_files(Split split) {
@@ -155,9 +152,11 @@ Dataset load_fashion_mnist(const std::string& dir, Split split, int64_t limit) {
   const int64_t available = image_dims[0];
   const bool whole_file = limit == 0 || limit >= available;
   Dataset ds;
+  ds.info = fashion_mnist_info();
   ds.count = whole_file ? available : limit;
-  ds.rows = kFashionMnistRows;
-  ds.cols = kFashionMnistCols;
+  ds.mean = {kFashionMnistMean};
+  ds.stddev = {kFashionMnistStd};
+  ds.crop_padding = kFashionMnistCropPadding;
   const uint64_t pixel_bytes = static_cast<uint64_t>(ds.count) * kFashionMnistRows *
                                static_cast<uint64_t>(kFashionMnistCols);
   images.read_exact(ds.pixels, pixel_bytes, "pixel data");

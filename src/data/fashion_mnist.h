@@ -14,27 +14,22 @@
 #include <string>
 #include <vector>
 
+#include "data/dataset.h"
+
 namespace syncbn::data {
 
 inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 inline constexpr int kFashionMnistRows = 28;
 inline constexpr int kFashionMnistCols = 28;
 inline constexpr int kFashionMnistClasses = 10;
+// The training set's mean and std of raw / 255.
+inline constexpr double kFashionMnistMean = 0.2860;
+inline constexpr double kFashionMnistStd = 0.3530;
+// Augmentation: RandomCrop(28, padding=2), then the horizontal flip.
+inline constexpr int kFashionMnistCropPadding = 2;
 
-enum class Split { kTrain, kTest };
-
-// "train" / "test".
-const char* to_string(Split split);
-// Throws syncbn::Error naming the value and the allowed ones.
-Split parse_split(const std::string& name);
-
-struct Dataset {
-  int64_t count = 0;
-  int rows = 0;
-  int cols = 0;
-  std::vector<uint8_t> pixels;  // (count, rows, cols), raw 0..255
-  std::vector<int32_t> labels;  // (count), each in [0, kFashionMnistClasses)
-};
+// fashion_mnist, 1×28×28, 10 classes.
+DatasetInfo fashion_mnist_info();
 
 // The IDX file names of a split: {images, labels}, e.g. "train-images-idx3-ubyte.gz".
 std::vector<std::string> fashion_mnist_files(Split split);

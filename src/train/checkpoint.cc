@@ -72,6 +72,7 @@ void check_compatible(const Config& saved, const Config& now, int64_t saved_glob
   a.model.bn_group_size = b.model.bn_group_size = 0;
   differ("model (layers)", to_yaml(a), to_yaml(b));
   differ("seed", std::to_string(saved.seed), std::to_string(now.seed));
+  differ("data.format", saved.data.format, now.data.format);
   differ("data.dir", saved.data.dir, now.data.dir);
   differ("data.train_limit", std::to_string(saved.data.train_limit),
          std::to_string(now.data.train_limit));

@@ -150,7 +150,9 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   require_choice("device", c.device, {"cpu", "cuda"});
 
   MapReader data(top.child("data"), "data",
-                 {"dir", "train_limit", "test_limit", "shuffle", "augment"});
+                 {"format", "dir", "train_limit", "test_limit", "shuffle", "augment"});
+  data.read("format", c.data.format, "a dataset format");
+  require_choice("data.format", c.data.format, {"fashion_mnist"});
   data.read("dir", c.data.dir, "a directory path");
   data.read("train_limit", c.data.train_limit, "an integer (0 = all)");
   data.read("test_limit", c.data.test_limit, "an integer (0 = all)");
@@ -244,6 +246,7 @@ std::string to_yaml(const Config& c) {
   out << YAML::Key << "seed" << YAML::Value << c.seed;
   out << YAML::Key << "device" << YAML::Value << c.device;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "format" << YAML::Value << c.data.format;
   out << YAML::Key << "dir" << YAML::Value << c.data.dir;
   out << YAML::Key << "train_limit" << YAML::Value << c.data.train_limit;
   out << YAML::Key << "test_limit" << YAML::Value << c.data.test_limit;

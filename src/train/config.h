@@ -25,6 +25,7 @@ struct Config {
   // Where each rank trains: cpu, or cuda (one GPU per rank; train/step_backend.h).
   std::string device = "cpu";
   struct Data {
+    std::string format = "fashion_mnist";  // the files in dir: fashion_mnist (data/dataset.h)
     std::string dir = "/usr/share/datasets/fashion-mnist";
     int64_t train_limit = 0;  // 0 = all
     int64_t test_limit = 0;   // 0 = all (evaluation on the first test_limit test images)

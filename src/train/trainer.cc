@@ -13,7 +13,7 @@
 #include <memory>
 
 #include "core/error.h"
-#include "data/fashion_mnist.h"
+#include "data/dataset.h"
 #include "data/loader.h"
 #include "nn/layers.h"
 #include "nn/sync_batch_norm.h"
@@ -301,12 +301,13 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   Sequential model = build_model(config, bn_group.get());
 
   // Files may be missing or broken on some hosts only.
+  const data::Format format = data::parse_format(config.data.format);
   data::Dataset train_set, test_set;
   agree(world, [&] {
     train_set =
-        data::load_fashion_mnist(config.data.dir, data::Split::kTrain, config.data.train_limit);
+        data::load_dataset(format, config.data.dir, data::Split::kTrain, config.data.train_limit);
     test_set =
-        data::load_fashion_mnist(config.data.dir, data::Split::kTest, config.data.test_limit);
+        data::load_dataset(format, config.data.dir, data::Split::kTest, config.data.test_limit);
     if (!options.init_from.empty()) load_weights(options.init_from, model);
   });
 

@@ -75,8 +75,11 @@ void expect_matches_python(Split split, int64_t expected_count) {
   ASSERT_EQ(py.count, expected_count);  // the published sizes of Fashion-MNIST
   const Dataset ds = load_fashion_mnist(kFashionMnistDir, split);
   ASSERT_EQ(ds.count, expected_count);
-  EXPECT_EQ(ds.rows, 28);
-  EXPECT_EQ(ds.cols, 28);
+  EXPECT_EQ(ds.info.name, "fashion_mnist");
+  EXPECT_EQ(ds.info.channels, 1);
+  EXPECT_EQ(ds.info.height, 28);
+  EXPECT_EQ(ds.info.width, 28);
+  EXPECT_EQ(ds.info.num_classes, 10);
   ASSERT_EQ(ds.pixels.size(), static_cast<size_t>(expected_count * 28 * 28));
   ASSERT_EQ(ds.labels.size(), static_cast<size_t>(expected_count));
   EXPECT_EQ(crc_of(ds.pixels.data(), ds.pixels.size()), py.pixel_crc);
@@ -111,6 +114,24 @@ TEST(FashionMnist, LimitReadsAPrefix) {
   ASSERT_EQ(ds.pixels.size(), 100u * 784u);
   EXPECT_EQ(crc_of(ds.pixels.data(), ds.pixels.size()), py.prefix_crc);
   for (size_t i = 0; i < py.first_labels.size(); ++i) EXPECT_EQ(ds.labels[i], py.first_labels[i]);
+}
+
+TEST(FashionMnist, ThroughTheDatasetInterface) {
+  const Dataset direct = load_fashion_mnist(kFashionMnistDir, Split::kTest, 50);
+  const Dataset ds = load_dataset(Format::kFashionMnist, kFashionMnistDir, Split::kTest, 50);
+  EXPECT_EQ(ds.pixels, direct.pixels);
+  EXPECT_EQ(ds.labels, direct.labels);
+  EXPECT_EQ(ds.sample_size(), 784);
+  EXPECT_EQ(ds.mean, std::vector<double>{0.2860});
+  EXPECT_EQ(ds.stddev, std::vector<double>{0.3530});
+  EXPECT_EQ(ds.crop_padding, 2);
+  const DatasetInfo info = dataset_info(Format::kFashionMnist);
+  EXPECT_EQ(info.name, ds.info.name);
+  EXPECT_EQ(info.channels * info.height * info.width, 784);
+  EXPECT_EQ(info.num_classes, 10);
+  EXPECT_EQ(parse_format("fashion_mnist"), Format::kFashionMnist);
+  EXPECT_STREQ(to_string(Format::kFashionMnist), "fashion_mnist");
+  expect_error([] { parse_format("mnist"); }, {"'mnist'", "fashion_mnist"});
 }
 
 TEST(FashionMnist, SplitNames) {

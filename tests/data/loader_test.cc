@@ -7,6 +7,7 @@
 #include <cmath>
 #include <set>
 
+#include "data/fashion_mnist.h"
 #include "test_util.h"
 
 namespace syncbn::data {
@@ -18,9 +19,11 @@ using testing::expect_error;
 // flip is visible) and never 0 (so padding is visible).
 Dataset synthetic(int64_t count) {
   Dataset ds;
+  ds.info = fashion_mnist_info();
   ds.count = count;
-  ds.rows = 28;
-  ds.cols = 28;
+  ds.mean = {kFashionMnistMean};
+  ds.stddev = {kFashionMnistStd};
+  ds.crop_padding = kFashionMnistCropPadding;
   for (int64_t i = 0; i < count; ++i) {
     for (int p = 0; p < 784; ++p) ds.pixels.push_back(static_cast<uint8_t>(1 + (p + 3 * i) % 255));
     ds.labels.push_back(static_cast<int32_t>(i % 10));
@@ -46,10 +49,11 @@ std::vector<uint8_t> reference_transform(const uint8_t* image, int top, int left
 double normalized(double raw) { return (raw / 255.0 - 0.2860) / 0.3530; }
 
 TEST(Normalize, MatchesTheFormula) {
-  EXPECT_NEAR(normalize_pixel(0), -0.8101983, 1e-6);
-  EXPECT_NEAR(normalize_pixel(255), 2.0226629, 1e-6);
+  const Dataset ds = synthetic(1);
+  EXPECT_NEAR(normalize_pixel(ds, 0, 0), -0.8101983, 1e-6);
+  EXPECT_NEAR(normalize_pixel(ds, 0, 255), 2.0226629, 1e-6);
   for (int v = 0; v < 256; ++v)
-    EXPECT_NEAR(normalize_pixel(static_cast<uint8_t>(v)), normalized(v), 1e-6) << v;
+    EXPECT_NEAR(normalize_pixel(ds, 0, static_cast<uint8_t>(v)), normalized(v), 1e-6) << v;
 }
 
 TEST(AssembleBatch, WithoutAugmentationIsTheNormalizedImage) {
@@ -86,7 +90,7 @@ TEST(Augmentation, IsACropOfThePaddedImageThenAFlip) {
   std::set<std::pair<int, int>> offsets;
   int flips = 0;
   for (int64_t i = 0; i < 300; ++i) {
-    const CropFlip a = augmentation_for(11, 4, i);
+    const CropFlip a = augmentation_for(2, 11, 4, i);
     ASSERT_GE(a.top, 0);
     ASSERT_LE(a.top, 4);
     ASSERT_GE(a.left, 0);
@@ -108,7 +112,7 @@ TEST(Augmentation, PaddingIsRawZero) {
   Dataset ds = synthetic(200);
   std::fill(ds.pixels.begin(), ds.pixels.end(), 255);
   for (int64_t i = 0; i < 200; ++i) {
-    const CropFlip a = augmentation_for(2, 0, i);
+    const CropFlip a = augmentation_for(2, 2, 0, i);
     if (a.top != 0) continue;  // the window starts in the top padding: row 0 is padding
     const std::vector<int64_t> idx = {i};
     const Batch b = assemble_batch(ds, idx, true, 2, 0);
@@ -129,9 +133,9 @@ TEST(Augmentation, DependsOnSeedEpochAndIndexOnly) {
   // Some of 50 samples change their augmentation with the epoch and with the seed.
   int epoch_changes = 0, seed_changes = 0;
   for (int64_t i = 0; i < 50; ++i) {
-    const CropFlip base = augmentation_for(8, 2, i);
-    const CropFlip other_epoch = augmentation_for(8, 3, i);
-    const CropFlip other_seed = augmentation_for(9, 2, i);
+    const CropFlip base = augmentation_for(2, 8, 2, i);
+    const CropFlip other_epoch = augmentation_for(2, 8, 3, i);
+    const CropFlip other_seed = augmentation_for(2, 9, 2, i);
     epoch_changes += base.top != other_epoch.top || base.left != other_epoch.left ||
                      base.flip != other_epoch.flip;
     seed_changes +=

@@ -100,6 +100,15 @@ TEST(Config, Device) {
   EXPECT_NE(config_hash(cuda), config_hash(parse_config(kMinimal)));
 }
 
+TEST(Config, DataFormat) {
+  const Config c = parse_config(kMinimal);
+  EXPECT_EQ(c.data.format, "fashion_mnist");
+  EXPECT_NE(to_yaml(c).find("format: fashion_mnist"), std::string::npos);
+  EXPECT_EQ(parse_config(to_yaml(c)).data.format, "fashion_mnist");
+  expect_error([] { parse_config(kMinimal, {"data.format=mnist"}); },
+               "config key 'data.format' must be one of fashion_mnist, got 'mnist'");
+}
+
 TEST(Config, CanonicalYamlRoundTripsAndHashesTheEffectiveConfig) {
   const Config a = parse_config(kMinimal, {"train.lr=0.3"});
   const Config b = parse_config(to_yaml(a));

@@ -1,0 +1,48 @@
+#include "data/dataset.h"
+
+#include "core/error.h"
+#include "data/fashion_mnist.h"
+
+namespace syncbn::data {
+
+const char* to_string(Split split) { return split == Split::kTrain ? "train" : "test"; }
+
+Split parse_split(const std::string& name) {
+  if (name == "train") return Split::kTrain;
+  if (name == "test") return Split::kTest;
+  throw Error(str_cat("unknown dataset split '", name, "'; expected 'train' or 'test'"));
+}
+
+const char* to_string(Format format) {
+  switch (format) {
+    case Format::kFashionMnist:
+      return "fashion_mnist";
+  }
+  SYNCBN_CHECK(false);
+  return "";
+}
+
+Format parse_format(const std::string& name) {
+  if (name == "fashion_mnist") return Format::kFashionMnist;
+  throw Error(str_cat("unknown dataset format '", name, "'; expected fashion_mnist"));
+}
+
+DatasetInfo dataset_info(Format format) {
+  switch (format) {
+    case Format::kFashionMnist:
+      return fashion_mnist_info();
+  }
+  SYNCBN_CHECK(false);
+  return {};
+}
+
+Dataset load_dataset(Format format, const std::string& dir, Split split, int64_t limit) {
+  switch (format) {
+    case Format::kFashionMnist:
+      return load_fashion_mnist(dir, split, limit);
+  }
+  SYNCBN_CHECK(false);
+  return {};
+}
+
+}  // namespace syncbn::data
