@@ -1,15 +1,15 @@
-// The one `syncbn` binary: `syncbn train | coordinator | study | status | ckpt ...`.
-#include <cctype>
+// The one `syncbn` binary: `syncbn train | coordinator | study | status | ckpt | model ...`.
+// Each command has its own usage (`syncbn <command> --help`); a mistake in the command line
+// prints it and exits 2, an error while running exits 1.
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
 #include "comm/communicator.h"
 #include "comm/mpi_environment.h"
+#include "coordinator/token.h"
 #include "core/error.h"
 #include "train/config.h"
 #include "train/model.h"
@@ -18,27 +18,78 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: syncbn <command> [options]\n"
+    "usage: syncbn <command> [options]      (syncbn <command> --help for its options)\n"
     "\n"
     "commands:\n"
     "  train        data-parallel training; run under mpirun:\n"
     "                 mpirun -np 4 syncbn train --config configs/fashion_mnist.yaml\n"
     "  coordinator  the gRPC coordinator: syncbn coordinator --state-dir DIR [--listen ADDR]\n"
     "  status       a coordinator's runs: syncbn status --coordinator ADDR [--run ID]\n"
-    "  ckpt         checkpoints: syncbn ckpt list|inspect|export (see syncbn ckpt)\n"
+    "  ckpt         checkpoints: syncbn ckpt list|inspect|export\n"
     "  study        the batch-size study: syncbn study --config FILE --out DIR\n"
-    "  model        print the configured model as a PyTorch expression:\n"
-    "                 syncbn model --config FILE [--set key=value ...] --torch\n"
-    "  version      print the version\n"
+    "  model        print the configured model as PyTorch code: syncbn model --config FILE "
+    "--torch\n"
+    "  version      print the version\n";
+
+constexpr const char* kTrainUsage =
+    "usage: mpirun -np N syncbn train --config FILE [options]\n"
     "\n"
-    "syncbn train --config FILE [--set key=value ...] [--init-from WEIGHTS]\n"
-    "             [--export-weights WEIGHTS] [--metrics-out FILE] [--no-progress]\n"
-    "             [--checkpoint-dir DIR] [--resume] [--coordinator ADDR] [--run-id ID]\n"
-    "             [--generation N] [--token-file F]\n"
-    "  (environment: SYNCBN_COORDINATOR, SYNCBN_RUN_ID, SYNCBN_GENERATION,\n"
-    "   SYNCBN_COORDINATOR_TOKEN_FILE)\n";
+    "Data-parallel training, one process per rank; every rank gets the same options.\n"
+    "\n"
+    "options:\n"
+    "  --config FILE          the YAML run configuration (required; see configs/)\n"
+    "  --set KEY=VALUE        override one config key, e.g. --set train.steps=20; repeatable,\n"
+    "                         the last one wins; train.steps and train.epochs clear each other\n"
+    "  --init-from W          start from these safetensors weights instead of the seed's init\n"
+    "  --export-weights W     write the final weights as safetensors (PyTorch state_dict names)\n"
+    "  --metrics-out FILE     write metrics as JSON lines (rank 0)\n"
+    "  --checkpoint-dir DIR   checkpoint into DIR (the same as --set checkpoint.dir=DIR)\n"
+    "  --resume               continue from the newest valid checkpoint\n"
+    "  --coordinator ADDR     join the run at this coordinator (host:port or unix:PATH)\n"
+    "  --run-id ID            the run's id at the coordinator (default: default)\n"
+    "  --generation N         the launch generation (each restart counts up by one)\n"
+    "  --token-file F         the coordinator's token (a file of mode 0600)\n"
+    "  --no-progress          no progress bar or step lines\n"
+    "  -h, --help             print this help and exit\n"
+    "\n"
+    "environment (read when the option is not given):\n"
+    "  SYNCBN_COORDINATOR, SYNCBN_RUN_ID, SYNCBN_GENERATION, SYNCBN_COORDINATOR_TOKEN_FILE\n";
+
+constexpr const char* kModelUsage =
+    "usage: syncbn model --config FILE [--set KEY=VALUE ...] --torch\n"
+    "\n"
+    "Prints the configured model as PyTorch code whose state_dict() has the names and shapes of\n"
+    "the weights syncbn exports (--export-weights, syncbn ckpt export).\n"
+    "\n"
+    "options:\n"
+    "  --config FILE      the YAML run configuration (required)\n"
+    "  --set KEY=VALUE    override one config key (repeatable)\n"
+    "  --torch            print PyTorch code (required: the one output format)\n"
+    "  -h, --help         print this help and exit\n";
+
+// A mistake in the command line: reported with the command's usage, exit status 2.
+struct UsageError : syncbn::Error {
+  using syncbn::Error::Error;
+};
+
+bool is_help(const std::string& flag) { return flag == "-h" || flag == "--help"; }
+
+// The whole of `value` as an integer: "12abc" and "" are refused.
+int64_t parse_integer(const std::string& what, const std::string& value) {
+  size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != value.size())
+    throw UsageError(what + " expects an integer, got '" + value + "'");
+  return v;
+}
 
 struct TrainArgs {
+  bool help = false;
   std::string config;
   std::string coordinator;  // --coordinator, else $SYNCBN_COORDINATOR
   std::string token_file;   // --token-file, else $SYNCBN_COORDINATOR_TOKEN_FILE
@@ -51,10 +102,13 @@ TrainArgs parse_train_args(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     const std::string flag = argv[i];
     auto value = [&]() -> std::string {
-      SYNCBN_REQUIRE(i + 1 < argc, "option ", flag, " needs a value");
+      if (i + 1 >= argc) throw UsageError("option " + flag + " needs a value");
       return argv[++i];
     };
-    if (flag == "--config") {
+    if (is_help(flag)) {
+      args.help = true;
+      return args;
+    } else if (flag == "--config") {
       args.config = value();
     } else if (flag == "--set") {
       args.overrides.push_back(value());
@@ -69,12 +123,7 @@ TrainArgs parse_train_args(int argc, char** argv) {
     } else if (flag == "--run-id") {
       args.options.run_id = value();
     } else if (flag == "--generation") {
-      const std::string g = value();
-      try {
-        args.options.generation = std::stoll(g);
-      } catch (const std::exception&) {
-        throw syncbn::Error("--generation expects an integer, got '" + g + "'");
-      }
+      args.options.generation = parse_integer("--generation", value());
     } else if (flag == "--token-file") {
       args.token_file = value();
     } else if (flag == "--resume") {
@@ -84,10 +133,10 @@ TrainArgs parse_train_args(int argc, char** argv) {
     } else if (flag == "--no-progress") {
       args.options.progress = false;
     } else {
-      throw syncbn::Error("unknown option '" + flag + "' for syncbn train\n" + kUsage);
+      throw UsageError("unknown option '" + flag + "'");
     }
   }
-  SYNCBN_REQUIRE(!args.config.empty(), "syncbn train needs --config FILE\n", kUsage);
+  if (args.config.empty()) throw UsageError("--config FILE is required");
   auto from_env = [](std::string& field, const char* name) {
     const char* v = std::getenv(name);
     if (field.empty() && v != nullptr) field = v;
@@ -96,40 +145,44 @@ TrainArgs parse_train_args(int argc, char** argv) {
   from_env(args.token_file, "SYNCBN_COORDINATOR_TOKEN_FILE");
   from_env(args.options.run_id, "SYNCBN_RUN_ID");
   if (const char* g = std::getenv("SYNCBN_GENERATION"); g && args.options.generation == 0)
-    args.options.generation = std::atoll(g);
+    args.options.generation = parse_integer("SYNCBN_GENERATION", g);
   if (args.options.run_id.empty()) args.options.run_id = "default";
   return args;
-}
-
-// The token file's first line, without surrounding whitespace.
-std::string read_token(const std::string& path) {
-  std::ifstream in(path);
-  SYNCBN_REQUIRE(in.good(), "cannot read the token file '", path, "'");
-  std::string token;
-  std::getline(in, token);
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  SYNCBN_REQUIRE(!token.empty(), "the token file '", path, "' is empty");
-  return token;
 }
 
 // Every rank runs this; an error seen by any rank stops every rank with a non-zero exit and a
 // message naming what was wrong (no MPI abort, no rank left waiting).
 int train_command(int argc, char** argv) {
+  // The command line is the same on every rank: each one reports a mistake in it and exits
+  // before MPI starts, so no rank waits for another.
+  TrainArgs args;
+  try {
+    args = parse_train_args(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "syncbn train: %s\n%s", e.what(), kTrainUsage);
+    return 2;
+  }
+  if (args.help) {
+    std::fputs(kTrainUsage, stdout);
+    return 0;
+  }
   syncbn::comm::MpiEnvironment mpi(&argc, &argv);
   int rank = 0;
   try {
     auto world = syncbn::comm::make_communicator("mpi");
     rank = world->rank();
-    const TrainArgs args = parse_train_args(argc, argv);
     syncbn::train::Config config;
     syncbn::train::agree(*world,
                          [&] { config = syncbn::train::load_config(args.config, args.overrides); });
+    if (rank == 0)
+      for (const std::string& note : config.notes) std::printf("note: %s\n", note.c_str());
     TrainArgs run_args = args;
     if (!args.coordinator.empty()) {
       syncbn::coordinator::ClientOptions client_options;
       client_options.address = args.coordinator;
       syncbn::train::agree(*world, [&] {
-        if (!args.token_file.empty()) client_options.token = read_token(args.token_file);
+        if (!args.token_file.empty())
+          client_options.token = syncbn::coordinator::read_token_file(args.token_file);
       });
       run_args.options.coordinator = std::make_shared<syncbn::coordinator::Client>(client_options);
       config = syncbn::train::join_run(*run_args.options.coordinator, args.options.run_id,
@@ -152,27 +205,35 @@ int train_command(int argc, char** argv) {
   }
 }
 
-// `syncbn model --config FILE [--set k=v ...] --torch`: the torch.nn.Sequential whose
-// state dict matches our exported weights.
+// `syncbn model --config FILE [--set k=v ...] --torch`: PyTorch code whose state dict matches
+// our exported weights.
 int model_command(int argc, char** argv) {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  bool torch = false;
   try {
-    std::string config_path;
-    std::vector<std::string> overrides;
-    bool torch = false;
     for (int i = 2; i < argc; ++i) {
       const std::string flag = argv[i];
-      SYNCBN_REQUIRE(flag == "--torch" || i + 1 < argc, "option ", flag, " needs a value");
-      if (flag == "--config") {
-        config_path = argv[++i];
-      } else if (flag == "--set") {
-        overrides.push_back(argv[++i]);
-      } else if (flag == "--torch") {
-        torch = true;
-      } else {
-        throw syncbn::Error("unknown option '" + flag + "' for syncbn model\n" + kUsage);
+      if (is_help(flag)) {
+        std::fputs(kModelUsage, stdout);
+        return 0;
       }
+      if (flag == "--torch") {
+        torch = true;
+        continue;
+      }
+      if (flag != "--config" && flag != "--set") throw UsageError("unknown option '" + flag + "'");
+      if (i + 1 >= argc) throw UsageError("option " + flag + " needs a value");
+      if (flag == "--config") config_path = argv[++i];
+      if (flag == "--set") overrides.emplace_back(argv[++i]);
     }
-    SYNCBN_REQUIRE(!config_path.empty() && torch, "usage: syncbn model --config FILE --torch");
+    if (config_path.empty()) throw UsageError("--config FILE is required");
+    if (!torch) throw UsageError("--torch is required (the one output format)");
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "syncbn model: %s\n%s", e.what(), kModelUsage);
+    return 2;
+  }
+  try {
     const auto config = syncbn::train::load_config(config_path, overrides);
     std::printf("%s\n", syncbn::train::torch_sequential_code(config).c_str());
     return 0;
@@ -198,15 +259,7 @@ int main(int argc, char** argv) {
     std::printf("syncbn 0.1.0\n");
     return 0;
   }
-  if (command == "train") {
-    for (int i = 2; i < argc; ++i) {
-      if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-        std::fputs(kUsage, stdout);
-        return 0;
-      }
-    }
-    return train_command(argc, argv);
-  }
+  if (command == "train") return train_command(argc, argv);
   if (command == "model") return model_command(argc, argv);
   if (command == "coordinator") return coordinator_command(argc, argv);
   if (command == "status") return status_command(argc, argv);

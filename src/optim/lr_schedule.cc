@@ -1,5 +1,6 @@
 #include "optim/lr_schedule.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -46,6 +47,17 @@ void LrSchedule::validate() const {
     SYNCBN_REQUIRE(std::isfinite(min_lr) && min_lr >= 0.0 && min_lr <= base_lr, what, "min_lr is ",
                    min_lr, ", expected a finite value in [0, base_lr = ", base_lr, "]");
   }
+}
+
+std::string LrSchedule::fit_warmup_to_run() {
+  const int64_t longest =
+      std::max<int64_t>(0, kind == ScheduleKind::kCosine ? total_steps - 1 : total_steps);
+  if (warmup_steps <= longest) return "";
+  const std::string note =
+      str_cat("train.warmup_steps (", warmup_steps, ") is longer than the run (", total_steps,
+              " steps): shortened to ", longest);
+  warmup_steps = longest;
+  return note;
 }
 
 double LrSchedule::lr_at(int64_t step) const {

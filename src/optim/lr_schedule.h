@@ -46,6 +46,11 @@ struct LrSchedule {
   // cosine needs a step) and 0 <= min_lr <= base_lr. Fields of the other kinds are not looked at.
   void validate() const;
 
+  // Shortens a warmup longer than the run to the longest one it allows (total_steps; for cosine
+  // total_steps − 1, which leaves the cosine its one step), as PyTorch's schedulers accept such
+  // a warmup. Returns a note saying what changed, or "" when nothing did.
+  std::string fit_warmup_to_run();
+
   // The rate of step `step` (see above). Validates, and throws syncbn::Error for a step outside
   // [1, total_steps].
   double lr_at(int64_t step) const;

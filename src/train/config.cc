@@ -71,8 +71,59 @@ void require_range(const std::string& key, double value, double lo, double hi,
                  value);
 }
 
-// "a.b.c=value": sets root[a][b][c] to the scalar value (parsed as YAML, so numbers stay numbers).
-void apply_override(YAML::Node& root, const std::string& assignment) {
+// The pairs of keys that exclude each other: setting `key` (to a value other than `keep_if`)
+// clears `partner`. A user who sets one of them on the command line means it.
+struct ExclusiveKeys {
+  const char* key;
+  const char* partner;
+  const char* keep_if;  // the value of `key` that still uses `partner` ("" = none)
+};
+constexpr ExclusiveKeys kExclusiveKeys[] = {
+    {"train.steps", "train.epochs", ""},
+    {"train.epochs", "train.steps", ""},
+    {"model.preset", "model.layers", "list"},
+};
+
+std::vector<std::string> split_key(const std::string& key) {
+  std::vector<std::string> parts;
+  std::stringstream ss(key);
+  for (std::string part; std::getline(ss, part, '.');) {
+    SYNCBN_REQUIRE(!part.empty(), "--set: malformed key '", key, "'");
+    parts.push_back(part);
+  }
+  SYNCBN_REQUIRE(!parts.empty() && key.back() != '.', "--set: malformed key '", key, "'");
+  return parts;
+}
+
+// The node at `parts` (all but the last created as maps when `create`), or an undefined node.
+YAML::Node walk(YAML::Node root, const std::vector<std::string>& parts, const std::string& key,
+                bool create) {
+  // yaml-cpp nodes are handles: walk with copies that alias the tree.
+  std::vector<YAML::Node> chain{root};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node next = chain.back()[parts[i]];
+    if (!next.IsDefined() || next.IsNull()) {
+      if (!create) return YAML::Node(YAML::NodeType::Undefined);
+      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      next = chain.back()[parts[i]];
+    }
+    SYNCBN_REQUIRE(next.IsMap(), "--set ", key, ": '", parts[i], "' is not a mapping");
+    chain.push_back(next);
+  }
+  return chain.back();
+}
+
+std::string scalar_text(const YAML::Node& node) {
+  if (node.IsScalar()) return node.Scalar();
+  YAML::Emitter out;
+  out << YAML::Flow << node;
+  return out.c_str();
+}
+
+// "a.b.c=value": sets root[a][b][c] to the scalar value (parsed as YAML, so numbers stay numbers),
+// and clears the key it excludes (kExclusiveKeys), noting that in `notes`.
+void apply_override(YAML::Node& root, const std::string& assignment,
+                    std::vector<std::string>& notes) {
   const size_t eq = assignment.find('=');
   SYNCBN_REQUIRE(eq != std::string::npos && eq > 0, "--set expects key=value, got '", assignment,
                  "'");
@@ -83,24 +134,23 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
   } catch (const YAML::Exception& e) {
     throw Error(str_cat("--set ", key, ": cannot parse the value: ", e.what()));
   }
-  std::vector<std::string> parts;
-  std::stringstream ss(key);
-  for (std::string part; std::getline(ss, part, '.');) {
-    SYNCBN_REQUIRE(!part.empty(), "--set: malformed key '", key, "'");
-    parts.push_back(part);
+  const std::vector<std::string> parts = split_key(key);
+  walk(root, parts, key, /*create=*/true)[parts.back()] = value;
+
+  for (const ExclusiveKeys& pair : kExclusiveKeys) {
+    if (key != pair.key) continue;
+    if (*pair.keep_if != '\0' && value.IsScalar() && value.Scalar() == pair.keep_if) continue;
+    const std::vector<std::string> partner = split_key(pair.partner);
+    YAML::Node parent = walk(root, partner, pair.partner, /*create=*/false);
+    if (!parent.IsDefined() || !parent.IsMap()) continue;
+    const YAML::Node old = parent[partner.back()];
+    if (!old.IsDefined() || old.IsNull()) continue;
+    // A zero is how the canonical YAML (to_yaml) spells "not set": nothing to replace.
+    if (old.IsScalar() && old.Scalar() == "0") continue;
+    notes.push_back(str_cat("--set ", key, "=", scalar_text(value), " replaces ", pair.partner, "=",
+                            scalar_text(old), " (", pair.partner, " cleared)"));
+    parent.remove(partner.back());
   }
-  // yaml-cpp nodes are handles: walk with copies that alias the tree.
-  std::vector<YAML::Node> chain{root};
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    YAML::Node next = chain.back()[parts[i]];
-    if (!next.IsDefined() || next.IsNull()) {
-      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
-      next = chain.back()[parts[i]];
-    }
-    SYNCBN_REQUIRE(next.IsMap(), "--set ", key, ": '", parts[i], "' is not a mapping");
-    chain.push_back(next);
-  }
-  chain.back()[parts.back()] = value;
 }
 
 std::vector<LayerSpec> read_layers(const YAML::Node& node) {
@@ -141,9 +191,9 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
     throw Error(str_cat(source, ": not valid YAML: ", e.what()));
   }
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  for (const std::string& o : overrides) apply_override(root, o);
-
   Config c;
+  for (const std::string& o : overrides) apply_override(root, o, c.notes);
+
   MapReader top(root, "", {"seed", "device", "data", "model", "train", "checkpoint"});
   top.read("seed", c.seed, "a non-negative integer");
   top.read("device", c.device, "a device name");
@@ -204,7 +254,9 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   SYNCBN_REQUIRE((c.train.epochs > 0) != (c.train.steps > 0),
                  "config: set exactly one of train.epochs and train.steps to a positive value "
                  "(got epochs=",
-                 c.train.epochs, ", steps=", c.train.steps, ")");
+                 c.train.epochs, ", steps=", c.train.steps,
+                 "); `--set train.steps=N` or `--set train.epochs=N` chooses one and clears the "
+                 "other");
   require_range("train.lr", c.train.lr, 0, 1e3, "a non-negative number");
   require_range("train.momentum", c.train.momentum, 0, 1, "in [0, 1]");
   require_range("train.weight_decay", c.train.weight_decay, 0, 1, "in [0, 1]");

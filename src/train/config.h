@@ -61,10 +61,16 @@ struct Config {
     int64_t every_steps = 0;  // 0 = only at the end of the run
     int64_t keep_last = 3;
   } checkpoint;
+  // What the overrides changed beyond the key they name (train.steps=20 clears the file's
+  // train.epochs): one line each, for rank 0's first log lines. Not part of to_yaml or the hash.
+  std::vector<std::string> notes;
 };
 
-// Parses and validates YAML text with `overrides` ("a.b=value") applied first.
-// Throws syncbn::Error naming the key.
+// Parses and validates YAML text with `overrides` ("a.b=value") applied first, in order.
+// Mutually exclusive keys (train.epochs / train.steps; model.layers with a model.preset other
+// than list): the one set last wins, an override over the file and a later override over an
+// earlier one, and the other is cleared with a note in Config::notes. Within the file alone both
+// set is still an error. Throws syncbn::Error naming the key.
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {},
                     const std::string& source = "config");
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});

@@ -337,6 +337,8 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   schedule.step_size = config.train.step_size;
   schedule.gamma = config.train.gamma;
   schedule.min_lr = config.train.min_lr;
+  if (const std::string note = schedule.fit_warmup_to_run(); !note.empty() && world.rank() == 0)
+    std::printf("note: %s\n", note.c_str());
   schedule.validate();
 
   TrainResult result;

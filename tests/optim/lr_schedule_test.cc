@@ -76,6 +76,33 @@ TEST(LrSchedule, WarmupCanFillTheRun) {
   EXPECT_DOUBLE_EQ(s.lr_at(5), 1.0);
 }
 
+// A warmup longer than the run is shortened to it (PyTorch's schedulers accept one), with a note.
+TEST(LrSchedule, WarmupLongerThanTheRunIsShortened) {
+  LrSchedule s;
+  s.kind = ScheduleKind::kStep;
+  s.total_steps = 20;
+  s.warmup_steps = 200;
+  EXPECT_EQ(s.fit_warmup_to_run(),
+            "train.warmup_steps (200) is longer than the run (20 steps): shortened to 20");
+  EXPECT_EQ(s.warmup_steps, 20);
+  EXPECT_NO_THROW(s.validate());
+  EXPECT_EQ(s.fit_warmup_to_run(), "");  // nothing left to shorten
+
+  LrSchedule cosine;
+  cosine.kind = ScheduleKind::kCosine;
+  cosine.total_steps = 20;
+  cosine.warmup_steps = 20;  // the cosine needs one step after warmup
+  EXPECT_NE(cosine.fit_warmup_to_run(), "");
+  EXPECT_EQ(cosine.warmup_steps, 19);
+  EXPECT_NO_THROW(cosine.validate());
+
+  LrSchedule fits;
+  fits.total_steps = 20;
+  fits.warmup_steps = 5;
+  EXPECT_EQ(fits.fit_warmup_to_run(), "");
+  EXPECT_EQ(fits.warmup_steps, 5);
+}
+
 TEST(LrSchedule, ConstantWithoutWarmup) {
   const LrSchedule s = make(ScheduleKind::kConstant, 0.05, 0, 7);
   for (int64_t step = 1; step <= 7; ++step) EXPECT_EQ(s.lr_at(step), 0.05);

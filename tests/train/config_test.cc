@@ -50,6 +50,46 @@ TEST(Config, OverridesApplyBeforeValidation) {
                "unknown config key 'train.bogus'");
 }
 
+// A key set on the command line over its mutually exclusive partner from the file (or from an
+// earlier --set): the last one wins, the partner is cleared, and a note says so.
+TEST(Config, StepsAndEpochsTheLastSetWins) {
+  constexpr const char* kEpochs = "train:\n  epochs: 2\n  warmup_steps: 200\n";
+  const Config steps = parse_config(kEpochs, {"train.steps=20"});
+  EXPECT_EQ(steps.train.steps, 20);
+  EXPECT_EQ(steps.train.epochs, 0);
+  ASSERT_EQ(steps.notes.size(), 1u);
+  EXPECT_EQ(steps.notes[0], "--set train.steps=20 replaces train.epochs=2 (train.epochs cleared)");
+
+  const Config epochs = parse_config("train:\n  steps: 500\n", {"train.epochs=3"});
+  EXPECT_EQ(epochs.train.epochs, 3);
+  EXPECT_EQ(epochs.train.steps, 0);
+  ASSERT_EQ(epochs.notes.size(), 1u);
+  EXPECT_NE(epochs.notes[0].find("replaces train.steps=500"), std::string::npos);
+
+  // Both on the command line: the later one wins, whichever it is.
+  const Config later_steps = parse_config(kEpochs, {"train.epochs=5", "train.steps=7"});
+  EXPECT_EQ(later_steps.train.steps, 7);
+  EXPECT_EQ(later_steps.train.epochs, 0);
+  const Config later_epochs = parse_config(kEpochs, {"train.steps=7", "train.epochs=5"});
+  EXPECT_EQ(later_epochs.train.epochs, 5);
+  EXPECT_EQ(later_epochs.train.steps, 0);
+  EXPECT_EQ(later_epochs.notes.size(), 2u);
+
+  // Setting the key the file already uses replaces nothing; the canonical YAML's zero is "unset".
+  EXPECT_TRUE(parse_config(kEpochs, {"train.epochs=4"}).notes.empty());
+  EXPECT_TRUE(parse_config(to_yaml(steps), {"train.steps=9"}).notes.empty());
+  EXPECT_EQ(parse_config(to_yaml(steps), {"train.epochs=1"}).train.steps, 0);
+
+  // The same rule for model.layers: a preset other than list clears them.
+  const Config preset =
+      parse_config(std::string(kMinimal) + "model:\n  preset: list\n  layers:\n    - {type: gap}\n",
+                   {"model.preset=small_cnn"});
+  EXPECT_EQ(preset.model.preset, "small_cnn");
+  EXPECT_TRUE(preset.model.layers.empty());
+  ASSERT_EQ(preset.notes.size(), 1u);
+  EXPECT_NE(preset.notes[0].find("model.layers cleared"), std::string::npos);
+}
+
 TEST(Config, RejectsWithTheKeyAndWhatIsAllowed) {
   expect_error([] { parse_config("train: [1, 2"); }, "not valid YAML");
   expect_error(
