@@ -3,6 +3,7 @@
 # present), then configures and builds a Release tree in build/.
 #
 #   launch/setup.sh [--no-build]
+#   launch/setup.sh --print-packages    the package list, one per line (launch/check_packages.py)
 #
 # Environment: BUILD_DIR (default build), SYNCBN_WERROR (default ON), JOBS (default nproc).
 set -euo pipefail
@@ -20,6 +21,11 @@ packages=(
   iproute2 shellcheck clang-format
   librsvg2-dev fonts-dejavu-core
 )
+
+if [[ ${1:-} == --print-packages ]]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
