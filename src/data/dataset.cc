@@ -1,6 +1,7 @@
 #include "data/dataset.h"
 
 #include "core/error.h"
+#include "data/cifar10.h"
 #include "data/fashion_mnist.h"
 
 namespace syncbn::data {
@@ -17,6 +18,8 @@ const char* to_string(Format format) {
   switch (format) {
     case Format::kFashionMnist:
       return "fashion_mnist";
+    case Format::kCifar10:
+      return "cifar10";
   }
   SYNCBN_CHECK(false);
   return "";
@@ -24,13 +27,16 @@ const char* to_string(Format format) {
 
 Format parse_format(const std::string& name) {
   if (name == "fashion_mnist") return Format::kFashionMnist;
-  throw Error(str_cat("unknown dataset format '", name, "'; expected fashion_mnist"));
+  if (name == "cifar10") return Format::kCifar10;
+  throw Error(str_cat("unknown dataset format '", name, "'; expected fashion_mnist or cifar10"));
 }
 
 DatasetInfo dataset_info(Format format) {
   switch (format) {
     case Format::kFashionMnist:
       return fashion_mnist_info();
+    case Format::kCifar10:
+      return cifar10_info();
   }
   SYNCBN_CHECK(false);
   return {};
@@ -40,6 +46,8 @@ Dataset load_dataset(Format format, const std::string& dir, Split split, int64_t
   switch (format) {
     case Format::kFashionMnist:
       return load_fashion_mnist(dir, split, limit);
+    case Format::kCifar10:
+      return load_cifar10(dir, split, limit);
   }
   SYNCBN_CHECK(false);
   return {};

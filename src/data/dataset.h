@@ -8,6 +8,7 @@
 //
 // Formats (data.format in the config):
 //   fashion_mnist  the IDX files of Debian's dataset-fashion-mnist (see fashion_mnist.h)
+//   cifar10        CIFAR-10's binary version (see cifar10.h)
 #pragma once
 
 #include <cstdint>
@@ -25,9 +26,9 @@ const char* to_string(Split split);
 // Throws syncbn::Error naming the value and the allowed ones.
 Split parse_split(const std::string& name);
 
-enum class Format { kFashionMnist };
+enum class Format { kFashionMnist, kCifar10 };
 
-// The data.format value: "fashion_mnist".
+// The data.format values: "fashion_mnist", "cifar10".
 const char* to_string(Format format);
 // Throws syncbn::Error naming the value and the allowed ones.
 Format parse_format(const std::string& name);

@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <iterator>
 #include <set>
 
+#include "data/cifar10.h"
 #include "data/fashion_mnist.h"
 #include "test_util.h"
 
@@ -26,6 +28,22 @@ Dataset synthetic(int64_t count) {
   ds.crop_padding = kFashionMnistCropPadding;
   for (int64_t i = 0; i < count; ++i) {
     for (int p = 0; p < 784; ++p) ds.pixels.push_back(static_cast<uint8_t>(1 + (p + 3 * i) % 255));
+    ds.labels.push_back(static_cast<int32_t>(i % 10));
+  }
+  return ds;
+}
+
+// A synthetic CIFAR-shaped dataset (3x32x32), pixels distinct per position and channel, never 0.
+Dataset synthetic_cifar(int64_t count) {
+  Dataset ds;
+  ds.info = cifar10_info();
+  ds.count = count;
+  ds.mean.assign(std::begin(kCifar10Mean), std::end(kCifar10Mean));
+  ds.stddev.assign(std::begin(kCifar10Std), std::end(kCifar10Std));
+  ds.crop_padding = kCifar10CropPadding;
+  for (int64_t i = 0; i < count; ++i) {
+    for (int p = 0; p < 3072; ++p)
+      ds.pixels.push_back(static_cast<uint8_t>(1 + (p * 7 + 3 * i) % 255));
     ds.labels.push_back(static_cast<int32_t>(i % 10));
   }
   return ds;
@@ -145,32 +163,83 @@ TEST(Augmentation, DependsOnSeedEpochAndIndexOnly) {
   EXPECT_GT(seed_changes, 30);
 }
 
+// torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip + Normalize(mean, std) on one
+// 3x32x32 image, in float64.
+std::vector<double> reference_cifar(const uint8_t* image, int top, int left, bool flip) {
+  std::vector<double> out(3072);
+  for (int c = 0; c < 3; ++c) {
+    uint8_t padded[40][40] = {};
+    for (int y = 0; y < 32; ++y)
+      for (int x = 0; x < 32; ++x) padded[y + 4][x + 4] = image[c * 1024 + y * 32 + x];
+    for (int y = 0; y < 32; ++y) {
+      for (int x = 0; x < 32; ++x) {
+        const uint8_t raw = padded[y + top][(flip ? 31 - x : x) + left];
+        out[static_cast<size_t>(c * 1024 + y * 32 + x)] =
+            (raw / 255.0 - kCifar10Mean[c]) / kCifar10Std[c];
+      }
+    }
+  }
+  return out;
+}
+
+TEST(Augmentation, CifarPadsByFourAndNormalizesPerChannel) {
+  const Dataset ds = synthetic_cifar(400);
+  std::vector<int64_t> idx(400);
+  for (int64_t i = 0; i < 400; ++i) idx[static_cast<size_t>(i)] = i;
+  const Batch plain = assemble_batch(ds, idx, false, 5, 1);
+  const Batch b = assemble_batch(ds, idx, true, 5, 1);
+  ASSERT_EQ(b.images.shape(), (std::vector<int64_t>{400, 3, 32, 32}));
+  std::set<std::pair<int, int>> offsets;
+  int flips = 0;
+  for (int64_t i = 0; i < 400; ++i) {
+    const CropFlip a = augmentation_for(4, 5, 1, i);
+    ASSERT_LE(a.top, 8);
+    ASSERT_LE(a.left, 8);
+    offsets.insert({a.top, a.left});
+    flips += a.flip;
+    const std::vector<double> want = reference_cifar(&ds.pixels[i * 3072], a.top, a.left, a.flip);
+    const std::vector<double> unaugmented = reference_cifar(&ds.pixels[i * 3072], 4, 4, false);
+    for (int p = 0; p < 3072; ++p) {
+      ASSERT_NEAR(b.images.data()[i * 3072 + p], want[static_cast<size_t>(p)], 1e-5)
+          << "sample " << i << " pixel " << p;
+      ASSERT_NEAR(plain.images.data()[i * 3072 + p], unaugmented[static_cast<size_t>(p)], 1e-5);
+    }
+  }
+  EXPECT_EQ(offsets.size(), 81u);  // every one of the 9x9 crop positions occurs
+  EXPECT_GT(flips, 150);
+  EXPECT_LT(flips, 250);
+  // Channel c's padding is raw 0 normalized with channel c's statistics.
+  EXPECT_NEAR(normalize_pixel(ds, 0, 0), -0.4914 / 0.2470, 1e-6);
+  EXPECT_NEAR(normalize_pixel(ds, 2, 0), -0.4465 / 0.2616, 1e-6);
+}
+
 TEST(Loader, RanksTogetherMakeTheSingleProcessBatch) {
-  const Dataset ds = synthetic(53);
-  for (bool augment : {false, true}) {
-    LoaderOptions options{12, 77, true, augment};
-    Loader single(ds, options, 0, 1);
-    EXPECT_EQ(single.steps_per_epoch(), 5);
-    for (int world : {2, 3, 4, 5}) {
-      std::vector<Loader> ranks;
-      for (int r = 0; r < world; ++r) ranks.emplace_back(ds, options, r, world);
-      for (int64_t epoch : {0, 1}) {
-        for (int64_t step = 0; step < single.steps_per_epoch(); ++step) {
-          const Batch whole = single.batch(epoch, step);
-          EXPECT_EQ(whole.global_batch_size, step < 4 ? 12 : 5);
-          std::vector<float> pixels;
-          std::vector<int32_t> labels;
-          for (Loader& l : ranks) {
-            const Batch part = l.batch(epoch, step);
-            EXPECT_EQ(part.global_batch_size, whole.global_batch_size);
-            pixels.insert(pixels.end(), part.images.data(),
-                          part.images.data() + part.images.numel());
-            labels.insert(labels.end(), part.labels.begin(), part.labels.end());
+  for (const Dataset& ds : {synthetic(53), synthetic_cifar(53)}) {
+    for (bool augment : {false, true}) {
+      LoaderOptions options{12, 77, true, augment};
+      Loader single(ds, options, 0, 1);
+      EXPECT_EQ(single.steps_per_epoch(), 5);
+      for (int world : {2, 3, 4, 5}) {
+        std::vector<Loader> ranks;
+        for (int r = 0; r < world; ++r) ranks.emplace_back(ds, options, r, world);
+        for (int64_t epoch : {0, 1}) {
+          for (int64_t step = 0; step < single.steps_per_epoch(); ++step) {
+            const Batch whole = single.batch(epoch, step);
+            EXPECT_EQ(whole.global_batch_size, step < 4 ? 12 : 5);
+            std::vector<float> pixels;
+            std::vector<int32_t> labels;
+            for (Loader& l : ranks) {
+              const Batch part = l.batch(epoch, step);
+              EXPECT_EQ(part.global_batch_size, whole.global_batch_size);
+              pixels.insert(pixels.end(), part.images.data(),
+                            part.images.data() + part.images.numel());
+              labels.insert(labels.end(), part.labels.begin(), part.labels.end());
+            }
+            ASSERT_EQ(labels, whole.labels) << "world " << world << " step " << step;
+            ASSERT_EQ(pixels, std::vector<float>(whole.images.data(),
+                                                 whole.images.data() + whole.images.numel()))
+                << "world " << world << " epoch " << epoch << " step " << step;
           }
-          ASSERT_EQ(labels, whole.labels) << "world " << world << " step " << step;
-          ASSERT_EQ(pixels, std::vector<float>(whole.images.data(),
-                                               whole.images.data() + whole.images.numel()))
-              << "world " << world << " epoch " << epoch << " step " << step;
         }
       }
     }

@@ -62,6 +62,21 @@ inline void write_gz(const std::string& path, const std::vector<uint8_t>& bytes)
     throw std::runtime_error("cannot write " + path);
 }
 
+// CIFAR-10 binary records for samples [first, first + count): label of sample i is
+// labels(i), pixel byte (i, p) = (i * 5 + p) % 256 over the 3072 CHW bytes.
+template <typename LabelOf>
+std::vector<uint8_t> cifar_records(uint32_t first, uint32_t count, LabelOf labels) {
+  std::vector<uint8_t> out;
+  for (uint32_t i = first; i < first + count; ++i) {
+    out.push_back(static_cast<uint8_t>(labels(i)));
+    for (uint32_t p = 0; p < 3072; ++p) out.push_back(static_cast<uint8_t>((i * 5 + p) % 256));
+  }
+  return out;
+}
+inline std::vector<uint8_t> cifar_records(uint32_t first, uint32_t count) {
+  return cifar_records(first, count, [](uint32_t i) { return i % 10; });
+}
+
 inline std::string run_command(const std::string& command) {
   struct PClose {
     void operator()(FILE* f) const { pclose(f); }
