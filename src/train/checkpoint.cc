@@ -62,7 +62,7 @@ void check_compatible(const Config& saved, const Config& now, int64_t saved_glob
                    ", now: ", b, ")");
   };
   differ("model.preset", saved.model.preset, now.model.preset);
-  differ("model.norm", saved.model.norm, now.model.norm);
+  differ("model.norm", to_string(saved.model.norm), to_string(now.model.norm));
   differ("model.gn_groups", std::to_string(saved.model.gn_groups),
          std::to_string(now.model.gn_groups));
   Config a = saved, b = now;  // compare the layer lists through their canonical form

@@ -3,13 +3,39 @@
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
+#include <initializer_list>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "core/error.h"
 
 namespace syncbn::train {
 namespace {
+
+template <typename E>
+using Names = std::initializer_list<std::pair<E, const char*>>;
+
+constexpr Names<Device> kDevices = {{Device::kCpu, "cpu"}, {Device::kCuda, "cuda"}};
+constexpr Names<Norm> kNorms = {{Norm::kSyncBn, "syncbn"}, {Norm::kBn, "bn"},
+                                {Norm::kGn, "gn"},         {Norm::kLn, "ln"},
+                                {Norm::kIn, "in"},         {Norm::kNone, "none"}};
+constexpr Names<Stem> kStems = {{Stem::kImageNet, "imagenet"}, {Stem::kCifar, "cifar"}};
+constexpr Names<LayerType> kLayerTypes = {
+    {LayerType::kConv, "conv"},       {LayerType::kNorm, "norm"}, {LayerType::kRelu, "relu"},
+    {LayerType::kMaxPool, "maxpool"}, {LayerType::kGap, "gap"},   {LayerType::kFlatten, "flatten"},
+    {LayerType::kLinear, "linear"}};
+constexpr Names<optim::ScheduleKind> kSchedules = {{optim::ScheduleKind::kConstant, "constant"},
+                                                   {optim::ScheduleKind::kStep, "step"},
+                                                   {optim::ScheduleKind::kCosine, "cosine"}};
+const std::set<std::string> kPresets = {"small_cnn", "list"};
+
+template <typename E>
+const char* name_of(E value, Names<E> names) {
+  for (const auto& [v, name] : names)
+    if (v == value) return name;
+  SYNCBN_CHECK(false && "an enum value without a config name");
+}
 
 std::string join(const std::set<std::string>& names) {
   std::string out;
@@ -63,6 +89,26 @@ void require_choice(const std::string& key, const std::string& value,
                     const std::set<std::string>& allowed) {
   SYNCBN_REQUIRE(allowed.count(value), "config key '", key, "' must be one of ", join(allowed),
                  ", got '", value, "'");
+}
+
+template <typename E>
+E parse_enum(const std::string& key, const std::string& value, Names<E> names) {
+  std::set<std::string> allowed;
+  for (const auto& [v, name] : names) {
+    if (value == name) return v;
+    allowed.insert(name);
+  }
+  require_choice(key, value, allowed);
+  SYNCBN_CHECK(false && "require_choice accepted an unknown name");
+}
+
+// Reads key (a string, default `fallback`) from `reader` and parses it as one of `names`.
+template <typename E>
+E read_enum(const MapReader& reader, const std::string& key, E fallback, Names<E> names,
+            const char* expected) {
+  std::string value = name_of(fallback, names);
+  reader.read(key, value, expected);
+  return parse_enum(reader.where(key), value, names);
 }
 
 void require_range(const std::string& key, double value, double lo, double hi,
@@ -157,20 +203,19 @@ std::vector<LayerSpec> read_layers(const YAML::Node& node) {
   std::vector<LayerSpec> layers;
   if (!node || node.IsNull()) return layers;
   SYNCBN_REQUIRE(node.IsSequence(), "config key 'model.layers' must be a list of layers");
-  const std::set<std::string> types = {"conv", "norm",    "relu",  "maxpool",
-                                       "gap",  "flatten", "linear"};
   for (size_t i = 0; i < node.size(); ++i) {
     const std::string path = "model.layers[" + std::to_string(i) + "]";
     MapReader r(node[i], path, {"type", "out", "kernel", "stride", "padding"});
     LayerSpec spec;
-    r.read("type", spec.type, "a layer type");
-    require_choice(path + ".type", spec.type, types);
+    SYNCBN_REQUIRE(r.child("type").IsDefined(), "config key '", path,
+                   ".type' is missing; every layer needs a type");
+    spec.type = read_enum(r, "type", LayerType::kConv, kLayerTypes, "a layer type");
     r.read("out", spec.out, "an integer");
-    if (spec.type == "maxpool") spec.kernel = 2, spec.stride = 2;
+    if (spec.type == LayerType::kMaxPool) spec.kernel = 2, spec.stride = 2;
     r.read("kernel", spec.kernel, "an integer");
     r.read("stride", spec.stride, "an integer");
     r.read("padding", spec.padding, "an integer");
-    if (spec.type == "conv" || spec.type == "linear")
+    if (spec.type == LayerType::kConv || spec.type == LayerType::kLinear)
       require_range(path + ".out", static_cast<double>(spec.out), 1, 1 << 16, "in [1, 65536]");
     require_range(path + ".kernel", static_cast<double>(spec.kernel), 1, 15, "in [1, 15]");
     require_range(path + ".stride", static_cast<double>(spec.stride), 1, 15, "in [1, 15]");
@@ -181,6 +226,15 @@ std::vector<LayerSpec> read_layers(const YAML::Node& node) {
 }
 
 }  // namespace
+
+const char* to_string(Device device) { return name_of(device, kDevices); }
+const char* to_string(Norm norm) { return name_of(norm, kNorms); }
+const char* to_string(Stem stem) { return name_of(stem, kStems); }
+const char* to_string(LayerType type) { return name_of(type, kLayerTypes); }
+Norm parse_norm(const std::string& value, const std::string& key) {
+  return parse_enum(key, value, kNorms);
+}
+bool is_model_preset(const std::string& name) { return kPresets.count(name) > 0; }
 
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
                     const std::string& source) {
@@ -196,8 +250,7 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
 
   MapReader top(root, "", {"seed", "device", "data", "model", "train", "checkpoint"});
   top.read("seed", c.seed, "a non-negative integer");
-  top.read("device", c.device, "a device name");
-  require_choice("device", c.device, {"cpu", "cuda"});
+  c.device = read_enum(top, "device", c.device, kDevices, "a device name");
 
   MapReader data(top.child("data"), "data",
                  {"format", "dir", "train_limit", "test_limit", "shuffle", "augment"});
@@ -212,14 +265,14 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   require_range("data.test_limit", static_cast<double>(c.data.test_limit), 0, 1e9, ">= 0");
 
   MapReader model(top.child("model"), "model",
-                  {"preset", "norm", "bn_group_size", "gn_groups", "layers"});
+                  {"preset", "norm", "stem", "bn_group_size", "gn_groups", "layers"});
   model.read("preset", c.model.preset, "a preset name");
-  model.read("norm", c.model.norm, "a norm name");
+  c.model.norm = read_enum(model, "norm", c.model.norm, kNorms, "a norm name");
+  c.model.stem = read_enum(model, "stem", c.model.stem, kStems, "a stem name");
   model.read("bn_group_size", c.model.bn_group_size, "an integer (0 = the whole world)");
   model.read("gn_groups", c.model.gn_groups, "a positive integer");
   c.model.layers = read_layers(model.child("layers"));
-  require_choice("model.preset", c.model.preset, {"small_cnn", "list"});
-  require_choice("model.norm", c.model.norm, {"syncbn", "bn", "gn", "ln", "in", "none"});
+  require_choice("model.preset", c.model.preset, kPresets);
   require_range("model.bn_group_size", static_cast<double>(c.model.bn_group_size), 0, 1 << 20,
                 ">= 0 (0 = the whole world)");
   require_range("model.gn_groups", static_cast<double>(c.model.gn_groups), 1, 1 << 16, ">= 1");
@@ -239,7 +292,7 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   t.read("momentum", c.train.momentum, "a number");
   t.read("nesterov", c.train.nesterov, "true or false");
   t.read("weight_decay", c.train.weight_decay, "a number");
-  t.read("schedule", c.train.schedule, "a schedule name");
+  c.train.schedule = read_enum(t, "schedule", c.train.schedule, kSchedules, "a schedule name");
   t.read("warmup_steps", c.train.warmup_steps, "an integer");
   t.read("step_size", c.train.step_size, "a positive integer");
   t.read("gamma", c.train.gamma, "a number");
@@ -260,7 +313,6 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   require_range("train.lr", c.train.lr, 0, 1e3, "a non-negative number");
   require_range("train.momentum", c.train.momentum, 0, 1, "in [0, 1]");
   require_range("train.weight_decay", c.train.weight_decay, 0, 1, "in [0, 1]");
-  require_choice("train.schedule", c.train.schedule, {"constant", "step", "cosine"});
   require_range("train.warmup_steps", static_cast<double>(c.train.warmup_steps), 0, 1e9, ">= 0");
   require_range("train.step_size", static_cast<double>(c.train.step_size), 1, 1e9, ">= 1");
   require_range("train.gamma", c.train.gamma, 0, 1, "in [0, 1]");
@@ -296,7 +348,7 @@ std::string to_yaml(const Config& c) {
   out.SetDoublePrecision(17);
   out << YAML::BeginMap;
   out << YAML::Key << "seed" << YAML::Value << c.seed;
-  out << YAML::Key << "device" << YAML::Value << c.device;
+  out << YAML::Key << "device" << YAML::Value << to_string(c.device);
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "format" << YAML::Value << c.data.format;
   out << YAML::Key << "dir" << YAML::Value << c.data.dir;
@@ -307,14 +359,15 @@ std::string to_yaml(const Config& c) {
   out << YAML::EndMap;
   out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "preset" << YAML::Value << c.model.preset;
-  out << YAML::Key << "norm" << YAML::Value << c.model.norm;
+  out << YAML::Key << "norm" << YAML::Value << to_string(c.model.norm);
+  out << YAML::Key << "stem" << YAML::Value << to_string(c.model.stem);
   out << YAML::Key << "bn_group_size" << YAML::Value << c.model.bn_group_size;
   out << YAML::Key << "gn_groups" << YAML::Value << c.model.gn_groups;
   if (!c.model.layers.empty()) {
     out << YAML::Key << "layers" << YAML::Value << YAML::BeginSeq;
     for (const LayerSpec& l : c.model.layers) {
       out << YAML::Flow << YAML::BeginMap;
-      out << YAML::Key << "type" << YAML::Value << l.type;
+      out << YAML::Key << "type" << YAML::Value << to_string(l.type);
       out << YAML::Key << "out" << YAML::Value << l.out;
       out << YAML::Key << "kernel" << YAML::Value << l.kernel;
       out << YAML::Key << "stride" << YAML::Value << l.stride;
@@ -333,7 +386,7 @@ std::string to_yaml(const Config& c) {
   out << YAML::Key << "momentum" << YAML::Value << t.momentum;
   out << YAML::Key << "nesterov" << YAML::Value << t.nesterov;
   out << YAML::Key << "weight_decay" << YAML::Value << t.weight_decay;
-  out << YAML::Key << "schedule" << YAML::Value << t.schedule;
+  out << YAML::Key << "schedule" << YAML::Value << optim::to_string(t.schedule);
   out << YAML::Key << "warmup_steps" << YAML::Value << t.warmup_steps;
   out << YAML::Key << "step_size" << YAML::Value << t.step_size;
   out << YAML::Key << "gamma" << YAML::Value << t.gamma;

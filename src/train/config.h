@@ -7,12 +7,33 @@
 #include <string>
 #include <vector>
 
+#include "optim/lr_schedule.h"
+
 namespace syncbn::train {
+
+// The closed sets of names a config can use, parsed once here; to_string gives the config
+// spelling back (for the canonical YAML and messages).
+enum class Device { kCpu, kCuda };                       // cpu, cuda
+enum class Norm { kSyncBn, kBn, kGn, kLn, kIn, kNone };  // syncbn, bn, gn, ln, in, none
+enum class Stem { kImageNet, kCifar };                   // imagenet, cifar
+enum class LayerType { kConv, kNorm, kRelu, kMaxPool, kGap, kFlatten, kLinear };
+// conv, norm, relu, maxpool, gap, flatten, linear
+
+const char* to_string(Device device);
+const char* to_string(Norm norm);
+const char* to_string(Stem stem);
+const char* to_string(LayerType type);
+// `value` as a Norm; throws syncbn::Error naming `key` and the allowed names.
+Norm parse_norm(const std::string& value, const std::string& key = "model.norm");
+
+// The model presets: small_cnn, list (model.layers), resnet20/32/56/110 (He et al. 2016, CIFAR
+// layout), resnet18/34/50 (torchvision's layout).
+bool is_model_preset(const std::string& name);
 
 // One entry of the list form of model.layers.
 struct LayerSpec {
-  std::string type;  // conv, norm, relu, maxpool, gap, flatten, linear
-  int64_t out = 0;   // conv: output channels; linear: output features
+  LayerType type = LayerType::kConv;
+  int64_t out = 0;  // conv: output channels; linear: output features
   int64_t kernel = 3;
   int64_t stride = 1;
   int64_t padding = 0;
@@ -23,7 +44,7 @@ struct LayerSpec {
 struct Config {
   uint64_t seed = 0;
   // Where each rank trains: cpu, or cuda (one GPU per rank; train/step_backend.h).
-  std::string device = "cpu";
+  Device device = Device::kCpu;
   struct Data {
     std::string format = "fashion_mnist";  // the files in dir: fashion_mnist (data/dataset.h)
     std::string dir = "/usr/share/datasets/fashion-mnist";
@@ -33,8 +54,9 @@ struct Config {
     bool augment = false;
   } data;
   struct Model {
-    std::string preset = "small_cnn";  // small_cnn, or "list" with layers below
-    std::string norm = "syncbn";       // syncbn, bn, gn, ln, in, none
+    std::string preset = "small_cnn";  // is_model_preset(); "list": the layers below
+    Norm norm = Norm::kSyncBn;         // every norm of the network, downsample's included
+    Stem stem = Stem::kImageNet;       // resnet18/34/50: cifar = conv1 3x3/1 and no max pool
     int64_t bn_group_size = 0;         // 0 = the whole world
     int64_t gn_groups = 8;
     std::vector<LayerSpec> layers;
@@ -47,7 +69,7 @@ struct Config {
     double momentum = 0.9;
     bool nesterov = false;
     double weight_decay = 5e-4;
-    std::string schedule = "cosine";  // constant, step, cosine
+    optim::ScheduleKind schedule = optim::ScheduleKind::kCosine;
     int64_t warmup_steps = 0;
     int64_t step_size = 1000;       // schedule: step
     double gamma = 0.1;             // schedule: step

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "data/dataset_info.h"
 #include "nn/layer.h"
 #include "train/config.h"
 
@@ -34,15 +35,23 @@ class Sequential {
   std::vector<std::unique_ptr<nn::Layer>> layers_;
 };
 
-// The configured layers: the list form, or the small_cnn preset spelled out as one.
-std::vector<LayerSpec> layer_specs(const Config& config);
+// The configured layers: the list form, or the small_cnn preset spelled out as one (ending in
+// num_classes outputs).
+std::vector<LayerSpec> layer_specs(const Config& config, int64_t num_classes);
 
-// Builds the configured model for 1×28×28 inputs and 10 classes. bn_group is the SyncBN group
-// (used when model.norm is syncbn; not owned). Initial weights come from Rng(seed): identical
-// on every rank.
-Sequential build_model(const Config& config, comm::Communicator* bn_group);
+// Fashion-MNIST's shape: 1×28×28, 10 classes (the only dataset the trainer reads so far).
+inline data::DatasetInfo fashion_mnist_info() { return {"fashion_mnist", 1, 28, 28, 10}; }
 
-// A PyTorch expression that builds the same nn.Sequential (for interop tests and the README).
+// Builds the configured model for the samples and classes of `info`. bn_group is the SyncBN
+// group (used when model.norm is syncbn; not owned). Initial weights come from Rng(seed):
+// identical on every rank. Throws syncbn::Error naming the layer when the model does not fit the
+// input (too small, or not ending in one output per class).
+Sequential build_model(const Config& config, const data::DatasetInfo& info,
+                       comm::Communicator* bn_group);
+
+// A PyTorch expression that builds the same model for `info` (for interop tests and the README).
+std::string torch_module_code(const Config& config, const data::DatasetInfo& info);
+// torch_module_code for Fashion-MNIST.
 std::string torch_sequential_code(const Config& config);
 
 }  // namespace syncbn::train

@@ -49,7 +49,9 @@ void require_cuda_device();
 // The CUDA step: one GPU per rank (the rank's index on its node), a copy of the model and
 // optimizer state on it. Collective over world (makes NCCL communicators). Call
 // require_cuda_device() first.
-std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Sequential& model,
-                                               optim::SGD& sgd, comm::Communicator& world);
+// `info`: the dataset the model was built for (build_model).
+std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, const data::DatasetInfo& info,
+                                               Sequential& model, optim::SGD& sgd,
+                                               comm::Communicator& world);
 
 }  // namespace syncbn::train

@@ -327,8 +327,8 @@ double run_lr(const StudyConfig& study, int64_t global_batch) {
 Config run_config(const StudyConfig& study, const RunSpec& run) {
   Config c = study.base;
   c.seed = run.seed;
-  c.model.norm = run.norm;
-  c.model.bn_group_size = run.norm == "syncbn" ? run.bn_group_size : 0;
+  c.model.norm = parse_norm(run.norm);
+  c.model.bn_group_size = c.model.norm == Norm::kSyncBn ? run.bn_group_size : 0;
   c.train.per_rank_batch = run.per_rank_batch;
   c.train.lr = run_lr(study, run.global_batch());
   if (study.lr.warmup_epochs >= 0) {
@@ -344,7 +344,7 @@ Config run_config(const StudyConfig& study, const RunSpec& run) {
 std::string study_hash(const StudyConfig& study) {
   Config neutral = study.base;
   neutral.seed = 0;
-  neutral.model.norm = "none";
+  neutral.model.norm = Norm::kNone;
   neutral.model.bn_group_size = 0;
   neutral.train.per_rank_batch = 1;
   neutral.train.lr = 0;

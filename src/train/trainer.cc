@@ -291,14 +291,15 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   omp_set_num_threads(threads);  // our kernels' and oneDNN's GEMMs' threads
 
   // A GPU may be missing on some hosts only.
-  if (config.device == "cuda") agree(world, [] { require_cuda_device(); });
+  if (config.device == Device::kCuda) agree(world, [] { require_cuda_device(); });
 
   // Errors here depend only on the config, which every rank shares: they are raised on every
   // rank before any collective, so no rank is left waiting.
   std::unique_ptr<comm::Communicator> bn_group;
-  if (config.model.norm == "syncbn")
+  if (config.model.norm == Norm::kSyncBn)
     bn_group = nn::make_bn_group(world, static_cast<int>(config.model.bn_group_size));
-  Sequential model = build_model(config, bn_group.get());
+  const data::DatasetInfo info = fashion_mnist_info();
+  Sequential model = build_model(config, info, bn_group.get());
 
   // Files may be missing or broken on some hosts only.
   const data::Format format = data::parse_format(config.data.format);
@@ -330,7 +331,7 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
       config.train.steps > 0 ? config.train.steps : config.train.epochs * steps_per_epoch;
 
   optim::LrSchedule schedule;
-  schedule.kind = optim::parse_schedule_kind(config.train.schedule);
+  schedule.kind = config.train.schedule;
   schedule.base_lr = config.train.lr;
   schedule.warmup_steps = config.train.warmup_steps;
   schedule.total_steps = total_steps;
@@ -342,9 +343,9 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   schedule.validate();
 
   TrainResult result;
-  const std::unique_ptr<StepBackend> backend = config.device == "cuda"
-                                                   ? make_cuda_backend(config, model, sgd, world)
-                                                   : make_cpu_backend(model, sgd, world);
+  const std::unique_ptr<StepBackend> backend =
+      config.device == Device::kCuda ? make_cuda_backend(config, info, model, sgd, world)
+                                     : make_cpu_backend(model, sgd, world);
 
   // Resume: rank 0 reads the newest valid checkpoint and sends it to every rank; each restores
   // it (the same bytes, so the same outcome everywhere).
@@ -388,7 +389,7 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   result.resumed_from = start_step;
   backend->from_host();
   // Local BN keeps per-rank running statistics; evaluation, checkpoints and export use rank 0's.
-  const bool local_bn = config.model.norm == "bn";
+  const bool local_bn = config.model.norm == Norm::kBn;
   auto save_checkpoint = [&](int64_t step) {
     backend->to_host();
     if (local_bn) broadcast_buffers(model, world);

@@ -139,7 +139,7 @@ TEST(StudyRuns, ExpandSeedsOutermostWithGroupsAndLr) {
   EXPECT_EQ(runs[3].bn_group_size, 0);
 
   const Config c = run_config(s, runs[5]);  // syncbn G=4, per-rank 4, global 16
-  EXPECT_EQ(c.model.norm, "syncbn");
+  EXPECT_EQ(c.model.norm, Norm::kSyncBn);
   EXPECT_EQ(c.model.bn_group_size, 4);
   EXPECT_EQ(c.train.per_rank_batch, 4);
   EXPECT_EQ(c.seed, 5u);
@@ -149,7 +149,7 @@ TEST(StudyRuns, ExpandSeedsOutermostWithGroupsAndLr) {
   const Config small = run_config(s, runs[0]);  // global 4
   EXPECT_DOUBLE_EQ(small.train.lr, 0.025);
   EXPECT_EQ(small.train.warmup_steps, 8);
-  EXPECT_EQ(small.model.norm, "bn");
+  EXPECT_EQ(small.model.norm, Norm::kBn);
 
   StudyConfig sq = s;
   sq.lr.rule = LrRule::kSqrt;

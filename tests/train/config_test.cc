@@ -32,18 +32,18 @@ TEST(Config, DefaultsAndValues) {
   EXPECT_EQ(c.data.train_limit, 100);
   EXPECT_TRUE(c.data.augment);
   EXPECT_TRUE(c.data.shuffle);
-  EXPECT_EQ(c.model.norm, "gn");
+  EXPECT_EQ(c.model.norm, Norm::kGn);
   EXPECT_EQ(c.model.gn_groups, 4);
   EXPECT_EQ(c.train.epochs, 3);
   EXPECT_EQ(c.train.per_rank_batch, 4);
-  EXPECT_EQ(c.train.schedule, "step");
+  EXPECT_EQ(c.train.schedule, optim::ScheduleKind::kStep);
   EXPECT_TRUE(c.train.nesterov);
 }
 
 TEST(Config, OverridesApplyBeforeValidation) {
   const Config c = parse_config(kMinimal, {"train.lr=0.25", "model.norm=bn", "data.dir=/tmp/x"});
   EXPECT_DOUBLE_EQ(c.train.lr, 0.25);
-  EXPECT_EQ(c.model.norm, "bn");
+  EXPECT_EQ(c.model.norm, Norm::kBn);
   EXPECT_EQ(c.data.dir, "/tmp/x");
   expect_error([] { parse_config(kMinimal, {"train.lr"}); }, "--set expects key=value");
   expect_error([] { parse_config(kMinimal, {"train.bogus=1"}); },
@@ -123,20 +123,20 @@ TEST(Config, RejectsWithTheKeyAndWhatIsAllowed) {
 }
 
 TEST(Config, Device) {
-  EXPECT_EQ(parse_config(kMinimal).device, "cpu");
-  EXPECT_EQ(parse_config(kMinimal, {"device=cuda"}).device, "cuda");
+  EXPECT_EQ(parse_config(kMinimal).device, Device::kCpu);
+  EXPECT_EQ(parse_config(kMinimal, {"device=cuda"}).device, Device::kCuda);
   EXPECT_EQ(parse_config("device: cuda\n" + std::string(kMinimal), {"model.norm=bn"}).device,
-            "cuda");
+            Device::kCuda);
   expect_error([] { parse_config(kMinimal, {"device=gpu"}); },
                "config key 'device' must be one of cpu, cuda, got 'gpu'");
   expect_error([] { parse_config(kMinimal, {"device=[cuda]"}); },
                "config key 'device' must be a device name");
   for (const char* norm : {"syncbn", "bn", "gn", "ln", "in", "none"}) {
     EXPECT_EQ(parse_config(kMinimal, {"device=cuda", std::string("model.norm=") + norm}).device,
-              "cuda");
+              Device::kCuda);
   }
   const Config cuda = parse_config(kMinimal, {"device=cuda"});
-  EXPECT_EQ(parse_config(to_yaml(cuda)).device, "cuda");
+  EXPECT_EQ(parse_config(to_yaml(cuda)).device, Device::kCuda);
   EXPECT_NE(config_hash(cuda), config_hash(parse_config(kMinimal)));
 }
 
@@ -164,23 +164,25 @@ TEST(Model, ListFormAndShapeErrors) {
       "    - {type: relu}\n    - {type: gap}\n    - {type: flatten}\n    - {type: linear, out: "
       "10}\n"
       "train:\n  steps: 1\n");
-  EXPECT_EQ(torch_sequential_code(list),
+  EXPECT_EQ(torch_module_code(list, fashion_mnist_info()),
             "torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=1, padding=1, bias=False), "
             "torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), "
             "torch.nn.Flatten(), torch.nn.Linear(8, 10))");
-  Sequential model = build_model(list, nullptr);
+  Sequential model = build_model(list, fashion_mnist_info(), nullptr);
   EXPECT_EQ(model.size(), 6u);
   EXPECT_EQ(model.parameters().size(), 5u);  // conv weight, bn weight/bias, linear weight/bias
   const Config bad = parse_config(
       "model:\n  preset: list\n  norm: none\n  layers:\n    - {type: linear, out: 10}\n"
       "train:\n  steps: 1\n");
-  expect_error([&] { build_model(bad, nullptr); }, "needs a flat input");
+  expect_error([&] { build_model(bad, fashion_mnist_info(), nullptr); }, "needs a flat input");
   const Config gn = parse_config(kMinimal, {"model.norm=gn", "model.gn_groups=5"});
-  expect_error([&] { build_model(gn, nullptr); }, "'model.gn_groups' (5) must divide");
+  expect_error([&] { build_model(gn, fashion_mnist_info(), nullptr); },
+               "'model.gn_groups' (5) must divide");
 }
 
 TEST(Model, SmallCnnHasPyTorchNames) {
-  Sequential model = build_model(parse_config(kMinimal, {"model.norm=bn"}), nullptr);
+  Sequential model =
+      build_model(parse_config(kMinimal, {"model.norm=bn"}), fashion_mnist_info(), nullptr);
   ASSERT_EQ(model.size(), 20u);
   std::vector<std::string> names;
   for (const nn::ParamRef& p : model.parameters()) names.push_back(p.name);
@@ -191,7 +193,8 @@ TEST(Model, SmallCnnHasPyTorchNames) {
   for (const nn::BufferRef& b : model.buffers()) buffers.push_back(b.name);
   EXPECT_EQ(buffers[0], "1.running_mean");
   EXPECT_EQ(buffers[2], "1.num_batches_tracked");
-  Sequential plain = build_model(parse_config(kMinimal, {"model.norm=none"}), nullptr);
+  Sequential plain =
+      build_model(parse_config(kMinimal, {"model.norm=none"}), fashion_mnist_info(), nullptr);
   EXPECT_EQ(plain.parameters()[1].name, "0.bias");  // no norm after the conv: it has a bias
 }
 

@@ -20,7 +20,7 @@ TEST(CudaUnavailable, NamesWhatIsMissingAndHowToBuild) {
         Sequential model;
         optim::SGD sgd({}, {});
         auto world = comm::make_communicator("single");
-        make_cuda_backend(Config{}, model, sgd, *world);
+        make_cuda_backend(Config{}, fashion_mnist_info(), model, sgd, *world);
       }
       ADD_FAILURE() << "call " << call << " did not throw";
     } catch (const Error& e) {

@@ -105,13 +105,19 @@ class DeviceArray {
 template <typename T>
 class PinnedArray {
  public:
+  PinnedArray() = default;
   explicit PinnedArray(size_t n) {
     SYNCBN_TRAIN_CUDA_CHECK(
         cudaMallocHost(reinterpret_cast<void**>(&p_), std::max<size_t>(n, 1) * sizeof(T)));
   }
-  ~PinnedArray() { cudaFreeHost(p_); }
-  PinnedArray(const PinnedArray&) = delete;
-  PinnedArray& operator=(const PinnedArray&) = delete;
+  ~PinnedArray() {
+    if (p_ != nullptr) cudaFreeHost(p_);
+  }
+  PinnedArray(PinnedArray&& other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
+  PinnedArray& operator=(PinnedArray&& other) noexcept {
+    std::swap(p_, other.p_);
+    return *this;
+  }
   T* get() const { return p_; }
 
  private:
@@ -247,7 +253,8 @@ struct Bucket : PlannedBucket {
 
 class CudaBackend final : public StepBackend {
  public:
-  CudaBackend(const Config& config, Sequential& model, optim::SGD& sgd, comm::Communicator& world)
+  CudaBackend(const Config& config, const data::DatasetInfo& info, Sequential& model,
+              optim::SGD& sgd, comm::Communicator& world)
       : model_(model),
         sgd_(sgd),
         max_n_(config.train.per_rank_batch),
@@ -261,16 +268,17 @@ class CudaBackend final : public StepBackend {
     side.cuda_stream = reinterpret_cast<CUstream_st*>(side_.get());
     grad_world_ = comm::make_communicator(comm::Backend::kNccl, side);
     SYNCBN_CHECK(grad_world_->size() == world.size() && grad_world_->rank() == world.rank());
-    if (config.model.norm == "syncbn")
+    if (config.model.norm == Norm::kSyncBn)
       bn_group_ = nn::make_bn_group(*bn_world_, static_cast<int>(config.model.bn_group_size));
-    if (config.model.norm == "bn") bn_group_ = comm::split_consecutive(*bn_world_, 1);
+    if (config.model.norm == Norm::kBn) bn_group_ = comm::split_consecutive(*bn_world_, 1);
     SYNCBN_CUDNN_CHECK(cudnnSetStream(cudnn_.get(), compute_));
     SYNCBN_CUBLAS_CHECK(cublasSetStream(cublas_.get(), compute_));
 
-    build(plan_device_model(config, model_));
+    build(plan_device_model(config, info, model_));
     int64_t widest = 0;
     for (const DeviceLayer& L : layers_) widest = std::max({widest, L.in.numel(), L.out.numel()});
     input_ = DeviceArray<float>(static_cast<size_t>(max_n_ * layers_.front().in.numel()));
+    pinned_images_ = PinnedArray<float>(static_cast<size_t>(max_n_ * layers_.front().in.numel()));
     labels_ = DeviceArray<int32_t>(static_cast<size_t>(max_n_));
     grad_a_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
     grad_b_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
@@ -711,7 +719,7 @@ class CudaBackend final : public StepBackend {
   DeviceArray<int32_t> labels_;
   DeviceArray<double> row_loss_, loss_sum_;
   DeviceArray<unsigned char> workspace_;
-  PinnedArray<float> pinned_images_{static_cast<size_t>(max_n_ * 28 * 28)};  // 1×28×28 inputs
+  PinnedArray<float> pinned_images_;  // (max batch, sample)
   PinnedArray<int32_t> pinned_labels_{static_cast<size_t>(max_n_)};
   PinnedArray<double> pinned_loss_{1};
   std::vector<int64_t> batches_tracked_base_;
@@ -733,9 +741,10 @@ void require_cuda_device() {
                  "device: cuda but no CUDA device is visible (cudaGetDeviceCount: 0 devices)");
 }
 
-std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Sequential& model,
-                                               optim::SGD& sgd, comm::Communicator& world) {
-  return std::make_unique<CudaBackend>(config, model, sgd, world);
+std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, const data::DatasetInfo& info,
+                                               Sequential& model, optim::SGD& sgd,
+                                               comm::Communicator& world) {
+  return std::make_unique<CudaBackend>(config, info, model, sgd, world);
 }
 
 }  // namespace syncbn::train

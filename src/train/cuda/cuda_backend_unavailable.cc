@@ -18,8 +18,8 @@ void require_cuda_device() {
       "cmake -S . -B build -DSYNCBN_CUDA=ON, or set device: cpu");
 }
 
-std::unique_ptr<StepBackend> make_cuda_backend(const Config&, Sequential&, optim::SGD&,
-                                               comm::Communicator&) {
+std::unique_ptr<StepBackend> make_cuda_backend(const Config&, const data::DatasetInfo&, Sequential&,
+                                               optim::SGD&, comm::Communicator&) {
   require_cuda_device();
   return nullptr;
 }

@@ -12,12 +12,12 @@ PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const L
   L.in = in;
   L.out = in;
   const std::string where = str_cat("model layer ", i, " (", host.kind(), ")");
-  auto expect_spec = [&](const char* type) {
-    SYNCBN_REQUIRE(spec.type == type, where, ": layer_specs() has '", spec.type,
+  auto expect_spec = [&](LayerType type) {
+    SYNCBN_REQUIRE(spec.type == type, where, ": layer_specs() has '", to_string(spec.type),
                    "' here, so the model was not built from this config");
   };
   if (auto* conv = dynamic_cast<nn::Conv2d*>(&host)) {
-    expect_spec("conv");
+    expect_spec(LayerType::kConv);
     L.kind = DeviceLayerKind::kConv;
     L.kernel = spec.kernel, L.stride = spec.stride, L.padding = spec.padding;
     SYNCBN_REQUIRE(
@@ -27,7 +27,7 @@ PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const L
     L.out = {spec.out, (in.h + 2 * L.padding - L.kernel) / L.stride + 1,
              (in.w + 2 * L.padding - L.kernel) / L.stride + 1};
   } else if (auto* linear = dynamic_cast<nn::Linear*>(&host)) {
-    expect_spec("linear");
+    expect_spec(LayerType::kLinear);
     L.kind = DeviceLayerKind::kLinear;
     L.out = {spec.out, 1, 1};
     SYNCBN_REQUIRE(linear->weight().shape() == (std::vector<int64_t>{spec.out, in.numel()}), where,
@@ -35,34 +35,34 @@ PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const L
                    " does not match the layer list");
   } else if (dynamic_cast<nn::SyncBatchNormLayer*>(&host) != nullptr ||
              dynamic_cast<nn::BatchNorm2d*>(&host) != nullptr) {
-    expect_spec("norm");
+    expect_spec(LayerType::kNorm);
     L.kind = DeviceLayerKind::kNorm;
   } else if (dynamic_cast<nn::GroupNorm*>(&host) != nullptr ||
              dynamic_cast<nn::InstanceNorm2d*>(&host) != nullptr) {
-    expect_spec("norm");
+    expect_spec(LayerType::kNorm);
     L.kind = DeviceLayerKind::kGroupNorm;
     // As build_model makes them: gn → GroupNorm(gn_groups, C), ln → GroupNorm(1, C),
     // in → InstanceNorm2d(C, affine) = GroupNorm(C, C) with the same per-channel affine.
-    const std::string& norm = config.model.norm;
-    SYNCBN_CHECK(norm == "gn" || norm == "ln" || norm == "in");
-    L.groups = norm == "gn" ? config.model.gn_groups : norm == "ln" ? 1 : in.c;
+    const Norm norm = config.model.norm;
+    SYNCBN_CHECK(norm == Norm::kGn || norm == Norm::kLn || norm == Norm::kIn);
+    L.groups = norm == Norm::kGn ? config.model.gn_groups : norm == Norm::kLn ? 1 : in.c;
   } else if (dynamic_cast<nn::ReLU*>(&host) != nullptr) {
-    expect_spec("relu");
+    expect_spec(LayerType::kRelu);
     L.kind = DeviceLayerKind::kRelu;
   } else if (dynamic_cast<nn::MaxPool2d*>(&host) != nullptr) {
-    expect_spec("maxpool");
+    expect_spec(LayerType::kMaxPool);
     L.kind = DeviceLayerKind::kMaxPool;
     L.kernel = spec.kernel, L.stride = spec.stride;  // no padding: build_model passes none
     L.out = {in.c, (in.h - L.kernel) / L.stride + 1, (in.w - L.kernel) / L.stride + 1};
   } else if (dynamic_cast<nn::AdaptiveAvgPool2d*>(&host) != nullptr) {
-    expect_spec("gap");
+    expect_spec(LayerType::kGap);
     L.kind = DeviceLayerKind::kGap;
     L.out = {in.c, 1, 1};
   } else if (dynamic_cast<nn::Flatten*>(&host) != nullptr) {
-    expect_spec("flatten");
+    expect_spec(LayerType::kFlatten);
     L.out = {in.numel(), 1, 1};
   } else if (dynamic_cast<nn::Identity*>(&host) != nullptr) {
-    expect_spec("norm");  // model.norm: none
+    expect_spec(LayerType::kNorm);  // model.norm: none
   } else {
     throw Error(str_cat(where,
                         " has no CUDA implementation; device: cuda runs Conv2d, Linear, "
@@ -74,12 +74,13 @@ PlannedLayer plan_layer(const Config& config, size_t i, nn::Layer& host, const L
 
 }  // namespace
 
-DevicePlan plan_device_model(const Config& config, Sequential& model, int64_t bucket_bytes) {
+DevicePlan plan_device_model(const Config& config, const data::DatasetInfo& info, Sequential& model,
+                             int64_t bucket_bytes) {
   DevicePlan plan;
-  const std::vector<LayerSpec> specs = layer_specs(config);
+  const std::vector<LayerSpec> specs = layer_specs(config, info.num_classes);
   SYNCBN_REQUIRE(specs.size() == model.size(), "layer_specs() has ", specs.size(),
                  " layers, the model ", model.size());
-  SampleShape shape{1, 28, 28};
+  SampleShape shape{info.channels, info.height, info.width};
   for (size_t i = 0; i < specs.size(); ++i) {
     plan.layers.push_back(plan_layer(config, i, model.layer(i), specs[i], shape));
     shape = plan.layers.back().out;

@@ -66,10 +66,10 @@ struct DevicePlan {
   int64_t total_params = 0;  // elements
 };
 
-// Plans `model` (built from `config` by build_model) for the device. Buckets hold about
+// Plans `model` (built from `config` and `info` by build_model) for the device. Buckets hold about
 // bucket_bytes of float32 gradients each (at least one parameter). Throws syncbn::Error naming
 // the layer for a layer kind the CUDA backend lacks.
-DevicePlan plan_device_model(const Config& config, Sequential& model,
+DevicePlan plan_device_model(const Config& config, const data::DatasetInfo& info, Sequential& model,
                              int64_t bucket_bytes = int64_t{1} << 20);
 
 }  // namespace syncbn::train
