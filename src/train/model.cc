@@ -1,6 +1,7 @@
 #include "train/model.h"
 
 #include "core/error.h"
+#include "data/dataset.h"
 #include "nn/layers.h"
 
 namespace syncbn::train {
@@ -199,7 +200,7 @@ std::string torch_module_code(const Config& config, const data::DatasetInfo& inf
 }
 
 std::string torch_sequential_code(const Config& config) {
-  return torch_module_code(config, fashion_mnist_info());
+  return torch_module_code(config, data::dataset_info(data::parse_format(config.data.format)));
 }
 
 }  // namespace syncbn::train

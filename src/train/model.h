@@ -39,9 +39,6 @@ class Sequential {
 // num_classes outputs).
 std::vector<LayerSpec> layer_specs(const Config& config, int64_t num_classes);
 
-// Fashion-MNIST's shape: 1×28×28, 10 classes (the only dataset the trainer reads so far).
-inline data::DatasetInfo fashion_mnist_info() { return {"fashion_mnist", 1, 28, 28, 10}; }
-
 // Builds the configured model for the samples and classes of `info`. bn_group is the SyncBN
 // group (used when model.norm is syncbn; not owned). Initial weights come from Rng(seed):
 // identical on every rank. Throws syncbn::Error naming the layer when the model does not fit the
@@ -51,7 +48,7 @@ Sequential build_model(const Config& config, const data::DatasetInfo& info,
 
 // A PyTorch expression that builds the same model for `info` (for interop tests and the README).
 std::string torch_module_code(const Config& config, const data::DatasetInfo& info);
-// torch_module_code for Fashion-MNIST.
+// torch_module_code for the dataset of config.data.format.
 std::string torch_sequential_code(const Config& config);
 
 }  // namespace syncbn::train

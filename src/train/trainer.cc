@@ -298,11 +298,11 @@ TrainResult run_training(const Config& config, comm::Communicator& world,
   std::unique_ptr<comm::Communicator> bn_group;
   if (config.model.norm == Norm::kSyncBn)
     bn_group = nn::make_bn_group(world, static_cast<int>(config.model.bn_group_size));
-  const data::DatasetInfo info = fashion_mnist_info();
+  const data::Format format = data::parse_format(config.data.format);
+  const data::DatasetInfo info = data::dataset_info(format);
   Sequential model = build_model(config, info, bn_group.get());
 
   // Files may be missing or broken on some hosts only.
-  const data::Format format = data::parse_format(config.data.format);
   data::Dataset train_set, test_set;
   agree(world, [&] {
     train_set =

@@ -6,10 +6,13 @@
 #include <string>
 
 #include "core/error.h"
+#include "data/dataset.h"
 #include "train/model.h"
 
 namespace syncbn::train {
 namespace {
+
+const data::DatasetInfo kFashionMnist = data::dataset_info(data::Format::kFashionMnist);
 
 template <typename Fn>
 void expect_error(Fn&& fn, const std::string& fragment) {
@@ -164,25 +167,24 @@ TEST(Model, ListFormAndShapeErrors) {
       "    - {type: relu}\n    - {type: gap}\n    - {type: flatten}\n    - {type: linear, out: "
       "10}\n"
       "train:\n  steps: 1\n");
-  EXPECT_EQ(torch_module_code(list, fashion_mnist_info()),
+  EXPECT_EQ(torch_module_code(list, kFashionMnist),
             "torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=1, padding=1, bias=False), "
             "torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), "
             "torch.nn.Flatten(), torch.nn.Linear(8, 10))");
-  Sequential model = build_model(list, fashion_mnist_info(), nullptr);
+  Sequential model = build_model(list, kFashionMnist, nullptr);
   EXPECT_EQ(model.size(), 6u);
   EXPECT_EQ(model.parameters().size(), 5u);  // conv weight, bn weight/bias, linear weight/bias
   const Config bad = parse_config(
       "model:\n  preset: list\n  norm: none\n  layers:\n    - {type: linear, out: 10}\n"
       "train:\n  steps: 1\n");
-  expect_error([&] { build_model(bad, fashion_mnist_info(), nullptr); }, "needs a flat input");
+  expect_error([&] { build_model(bad, kFashionMnist, nullptr); }, "needs a flat input");
   const Config gn = parse_config(kMinimal, {"model.norm=gn", "model.gn_groups=5"});
-  expect_error([&] { build_model(gn, fashion_mnist_info(), nullptr); },
+  expect_error([&] { build_model(gn, kFashionMnist, nullptr); },
                "'model.gn_groups' (5) must divide");
 }
 
 TEST(Model, SmallCnnHasPyTorchNames) {
-  Sequential model =
-      build_model(parse_config(kMinimal, {"model.norm=bn"}), fashion_mnist_info(), nullptr);
+  Sequential model = build_model(parse_config(kMinimal, {"model.norm=bn"}), kFashionMnist, nullptr);
   ASSERT_EQ(model.size(), 20u);
   std::vector<std::string> names;
   for (const nn::ParamRef& p : model.parameters()) names.push_back(p.name);
@@ -194,7 +196,7 @@ TEST(Model, SmallCnnHasPyTorchNames) {
   EXPECT_EQ(buffers[0], "1.running_mean");
   EXPECT_EQ(buffers[2], "1.num_batches_tracked");
   Sequential plain =
-      build_model(parse_config(kMinimal, {"model.norm=none"}), fashion_mnist_info(), nullptr);
+      build_model(parse_config(kMinimal, {"model.norm=none"}), kFashionMnist, nullptr);
   EXPECT_EQ(plain.parameters()[1].name, "0.bias");  // no norm after the conv: it has a bias
 }
 

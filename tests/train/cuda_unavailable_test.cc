@@ -6,10 +6,13 @@
 #include <string>
 
 #include "core/error.h"
+#include "data/dataset.h"
 #include "train/step_backend.h"
 
 namespace syncbn::train {
 namespace {
+
+const data::DatasetInfo kFashionMnist = data::dataset_info(data::Format::kFashionMnist);
 
 TEST(CudaUnavailable, NamesWhatIsMissingAndHowToBuild) {
   for (int call = 0; call < 2; ++call) {
@@ -20,7 +23,7 @@ TEST(CudaUnavailable, NamesWhatIsMissingAndHowToBuild) {
         Sequential model;
         optim::SGD sgd({}, {});
         auto world = comm::make_communicator("single");
-        make_cuda_backend(Config{}, fashion_mnist_info(), model, sgd, *world);
+        make_cuda_backend(Config{}, kFashionMnist, model, sgd, *world);
       }
       ADD_FAILURE() << "call " << call << " did not throw";
     } catch (const Error& e) {

@@ -12,10 +12,13 @@
 
 #include "comm/communicator.h"
 #include "core/error.h"
+#include "data/dataset.h"
 #include "nn/sync_batch_norm.h"
 
 namespace syncbn::train {
 namespace {
+
+const data::DatasetInfo kFashionMnist = data::dataset_info(data::Format::kFashionMnist);
 
 constexpr const char* kSteps = "train:\n  steps: 1\n";
 constexpr const char* kList =
@@ -80,9 +83,9 @@ TEST(DevicePlan, SmallCnnForEveryNormTheCudaBackendRuns) {
   for (const char* norm : {"syncbn", "bn", "gn", "ln", "in", "none"}) {
     const Config config = parse_config(
         kSteps, {"device=cuda", std::string("model.norm=") + norm, "model.gn_groups=4"});
-    Sequential model = build_model(config, fashion_mnist_info(), group.get());
+    Sequential model = build_model(config, kFashionMnist, group.get());
     const DevicePlan plan =
-        plan_device_model(config, fashion_mnist_info(), model, /*bucket_bytes=*/64 << 10);
+        plan_device_model(config, kFashionMnist, model, /*bucket_bytes=*/64 << 10);
     ASSERT_EQ(plan.layers.size(), 20u) << norm;
     EXPECT_EQ(plan.layers[0].kind, DeviceLayerKind::kConv);
     EXPECT_EQ(plan.layers[0].out, (SampleShape{32, 28, 28}));
@@ -105,8 +108,8 @@ TEST(DevicePlan, SmallCnnForEveryNormTheCudaBackendRuns) {
 
 TEST(DevicePlan, ListFormWithStridesPaddingAndOneBucket) {
   const Config config = parse_config(kList, {"device=cuda"});
-  Sequential model = build_model(config, fashion_mnist_info(), nullptr);
-  const DevicePlan plan = plan_device_model(config, fashion_mnist_info(), model);
+  Sequential model = build_model(config, kFashionMnist, nullptr);
+  const DevicePlan plan = plan_device_model(config, kFashionMnist, model);
   EXPECT_EQ(plan.layers[0].out, (SampleShape{6, 14, 14}));
   EXPECT_EQ(plan.layers[3].out, (SampleShape{6, 6, 6}));
   EXPECT_EQ(plan.layers[4].out, (SampleShape{7, 4, 4}));
@@ -130,7 +133,7 @@ TEST(DevicePlan, RefusesLayersWithoutACudaImplementation) {
   Sequential model;
   model.add(std::make_unique<Softsign>());
   try {
-    plan_device_model(config, fashion_mnist_info(), model);
+    plan_device_model(config, kFashionMnist, model);
     ADD_FAILURE() << "Softsign was planned";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model layer 0 (Softsign) has no CUDA implementation"),
