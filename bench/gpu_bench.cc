@@ -30,26 +30,18 @@
 
 #include "comm/communicator.h"
 #include "comm/mpi_environment.h"
+#include "core/cuda_check.h"
 #include "nn/sync_batch_norm_cuda.h"
 #include "norm/cuda/kernels_cuda.h"
 
 namespace {
-
-#define BENCH_CUDA_CHECK(call)                                                                \
-  do {                                                                                        \
-    const cudaError_t status_ = (call);                                                       \
-    if (status_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "gpu_bench: %s failed: %s\n", #call, cudaGetErrorString(status_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
 
 namespace ncuda = syncbn::norm::cuda;
 
 class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t bytes) {
-    BENCH_CUDA_CHECK(cudaMalloc(&data_, std::max<size_t>(bytes, 16)));
+    SYNCBN_CUDA_CHECK(cudaMalloc(&data_, std::max<size_t>(bytes, 16)));
   }
   ~DeviceBuffer() { cudaFree(data_); }
   DeviceBuffer(const DeviceBuffer&) = delete;
@@ -68,14 +60,14 @@ template <typename Fn>
 double time_ms(cudaStream_t stream, int iters, Fn&& fn) {
   for (int i = 0; i < 5; ++i) fn();
   cudaEvent_t start, stop;
-  BENCH_CUDA_CHECK(cudaEventCreate(&start));
-  BENCH_CUDA_CHECK(cudaEventCreate(&stop));
-  BENCH_CUDA_CHECK(cudaEventRecord(start, stream));
+  SYNCBN_CUDA_CHECK(cudaEventCreate(&start));
+  SYNCBN_CUDA_CHECK(cudaEventCreate(&stop));
+  SYNCBN_CUDA_CHECK(cudaEventRecord(start, stream));
   for (int i = 0; i < iters; ++i) fn();
-  BENCH_CUDA_CHECK(cudaEventRecord(stop, stream));
-  BENCH_CUDA_CHECK(cudaEventSynchronize(stop));
+  SYNCBN_CUDA_CHECK(cudaEventRecord(stop, stream));
+  SYNCBN_CUDA_CHECK(cudaEventSynchronize(stop));
   float ms = 0;
-  BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  SYNCBN_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms / iters;
@@ -84,9 +76,9 @@ double time_ms(cudaStream_t stream, int iters, Fn&& fn) {
 double copy_bandwidth_gbs(cudaStream_t stream, int iters) {
   const size_t bytes = size_t{1} << 30;
   DeviceBuffer a(bytes), b(bytes);
-  BENCH_CUDA_CHECK(cudaMemsetAsync(a.as<char>(), 1, bytes, stream));
+  SYNCBN_CUDA_CHECK(cudaMemsetAsync(a.as<char>(), 1, bytes, stream));
   const double ms = time_ms(stream, iters, [&] {
-    BENCH_CUDA_CHECK(
+    SYNCBN_CUDA_CHECK(
         cudaMemcpyAsync(b.as<char>(), a.as<char>(), bytes, cudaMemcpyDeviceToDevice, stream));
   });
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
@@ -101,8 +93,8 @@ void kernel_table(cudaStream_t cs, int iters) {
   const ncuda::Stream stream = reinterpret_cast<ncuda::Stream>(cs);
   cudaDeviceProp prop{};
   int device = 0;
-  BENCH_CUDA_CHECK(cudaGetDevice(&device));
-  BENCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  SYNCBN_CUDA_CHECK(cudaGetDevice(&device));
+  SYNCBN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   const double copy = copy_bandwidth_gbs(cs, 20);
   std::printf("## BN CUDA stages, float32, on %s (%d SMs)\n\n", prop.name,
               prop.multiProcessorCount);
@@ -118,16 +110,16 @@ void kernel_table(cudaStream_t cs, int iters) {
     const size_t bytes = elems * sizeof(float);
     DeviceBuffer x(bytes), y(bytes), dy(bytes), stats(sizeof(double) * (4 * s.c + 1)),
         f(sizeof(float) * 4 * s.c);
-    BENCH_CUDA_CHECK(cudaMemsetAsync(x.as<char>(), 0, bytes, cs));
-    BENCH_CUDA_CHECK(cudaMemsetAsync(dy.as<char>(), 0, bytes, cs));
-    BENCH_CUDA_CHECK(cudaMemsetAsync(f.as<char>(), 0, sizeof(float) * 4 * s.c, cs));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(x.as<char>(), 0, bytes, cs));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(dy.as<char>(), 0, bytes, cs));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(f.as<char>(), 0, sizeof(float) * 4 * s.c, cs));
     double* sum = stats.as<double>();
     double* sumsq = sum + s.c;
     double* count = sum + 4 * s.c;
     float* mean = f.as<float>();
     float* invstd = mean + s.c;
     const double one = 1.0 * g.count();
-    BENCH_CUDA_CHECK(cudaMemcpy(count, &one, sizeof(double), cudaMemcpyHostToDevice));
+    SYNCBN_CUDA_CHECK(cudaMemcpy(count, &one, sizeof(double), cudaMemcpyHostToDevice));
     struct Stage {
       const char* name;
       double bytes_moved;
@@ -197,14 +189,14 @@ void syncbn_table(syncbn::comm::Communicator& world, int iters) {
     const size_t bytes = static_cast<size_t>(s.n * s.c * s.h * s.w) * sizeof(float);
     DeviceBuffer x(bytes), y(bytes), dy(bytes), dx(bytes), stats(sizeof(double) * (6 * s.c + 1)),
         f(sizeof(float) * 4 * s.c);
-    BENCH_CUDA_CHECK(cudaMemsetAsync(x.as<char>(), 0, bytes, cs));
-    BENCH_CUDA_CHECK(cudaMemsetAsync(dy.as<char>(), 0, bytes, cs));
-    BENCH_CUDA_CHECK(cudaMemsetAsync(f.as<char>(), 0, sizeof(float) * 4 * s.c, cs));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(x.as<char>(), 0, bytes, cs));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(dy.as<char>(), 0, bytes, cs));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(f.as<char>(), 0, sizeof(float) * 4 * s.c, cs));
     double* d = stats.as<double>();
     float* mean = f.as<float>();
     float* invstd = mean + s.c;
     const double n = 1.0 * g.count();
-    BENCH_CUDA_CHECK(cudaMemcpy(d + 6 * s.c, &n, sizeof(double), cudaMemcpyHostToDevice));
+    SYNCBN_CUDA_CHECK(cudaMemcpy(d + 6 * s.c, &n, sizeof(double), cudaMemcpyHostToDevice));
     auto local_step = [&] {
       ncuda::bn_stats<float, double>(x.as<float>(), g, d, d + s.c, stream);
       ncuda::bn_gather_stats(s.c, d + 6 * s.c, d, d + s.c, d + 2 * s.c, d + 3 * s.c, stream);
@@ -213,7 +205,7 @@ void syncbn_table(syncbn::comm::Communicator& world, int iters) {
                                                d + 5 * s.c, stream);
       ncuda::bn_backward_elemt(dy.as<float>(), x.as<float>(), g, mean, invstd, nullptr, d + 4 * s.c,
                                d + 5 * s.c, d + 6 * s.c, dx.as<float>(), stream);
-      BENCH_CUDA_CHECK(cudaStreamSynchronize(cs));
+      SYNCBN_CUDA_CHECK(cudaStreamSynchronize(cs));
     };
     syncbn::nn::SyncBatchNormOptions options;
     options.num_features = s.c;

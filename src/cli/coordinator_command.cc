@@ -15,10 +15,12 @@
 #include "coordinator/server.h"
 #include "coordinator/token.h"
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace {
 
 namespace coord = syncbn::coordinator;
+using syncbn::hex64;
 
 constexpr const char* kCoordinatorUsage =
     "usage: syncbn coordinator --state-dir DIR [--listen ADDR] [--token-file FILE]\n"
@@ -78,12 +80,6 @@ bool wants_help(int argc, char** argv) {
     if (arg == "-h" || arg == "--help") return true;
   }
   return false;
-}
-
-std::string hex64(uint64_t value) {
-  char text[24];
-  std::snprintf(text, sizeof(text), "%016" PRIx64, value);
-  return text;
 }
 
 std::string human_bytes(int64_t bytes) {

@@ -21,32 +21,11 @@
 
 #include "comm/backends.h"
 #include "comm/mpi_comm.h"
+#include "core/cuda_check.h"
 #include "core/error.h"
 
 namespace syncbn::comm::detail {
 namespace {
-
-[[noreturn]] void gpu_call_failed(const char* file, int line, const char* call, const char* what) {
-  std::fprintf(stderr, "syncbn: %s:%d: %s failed: %s\n", file, line, call, what);
-  std::fflush(stderr);
-  std::abort();
-}
-
-#define SYNCBN_CUDA_CHECK(call)                                                     \
-  do {                                                                              \
-    const cudaError_t cuda_status_ = (call);                                        \
-    if (cuda_status_ != cudaSuccess) {                                              \
-      gpu_call_failed(__FILE__, __LINE__, #call, cudaGetErrorString(cuda_status_)); \
-    }                                                                               \
-  } while (0)
-
-#define SYNCBN_NCCL_CHECK(call)                                                     \
-  do {                                                                              \
-    const ncclResult_t nccl_status_ = (call);                                       \
-    if (nccl_status_ != ncclSuccess) {                                              \
-      gpu_call_failed(__FILE__, __LINE__, #call, ncclGetErrorString(nccl_status_)); \
-    }                                                                               \
-  } while (0)
 
 ncclDataType_t to_nccl(DataType type) {
   switch (type) {

@@ -6,15 +6,12 @@
 #include <utility>
 
 #include "coordinator/status.h"
+#include "core/hash.h"
 
 namespace syncbn::coordinator {
 namespace {
 
-std::string hex64(uint64_t value) {
-  char text[24];
-  std::snprintf(text, sizeof(text), "0x%016" PRIx64, value);
-  return text;
-}
+std::string hex64(uint64_t value) { return "0x" + syncbn::hex64(value); }
 
 void require_range(const char* field, int64_t value, int64_t lo, int64_t hi) {
   if (value < lo || value > hi) {

@@ -1,42 +1,13 @@
 #include "nn/sync_batch_norm.h"
 
-#include <bit>
 #include <chrono>
 #include <cmath>
 
 #include "core/error.h"
+#include "nn/count_slot.h"
 
 namespace syncbn::nn {
 namespace {
-
-// The count slot: the element count in the low kCountBits bits, tag fields above, all within
-// the 53 bits a double holds exactly.
-constexpr int kCountBits = 36;
-constexpr int kTagBits = 53 - kCountBits;
-
-uint64_t fnv1a(const std::string& text, uint64_t h = 1469598103934665603ull) {
-  for (unsigned char ch : text) h = (h ^ ch) * 1099511628211ull;
-  return h;
-}
-
-// Each tag bit becomes a field wide enough to hold the group size: the reduced field is 0 or R
-// for every field exactly when every rank had the same tag.
-struct TagLayout {
-  int width;   // bits per field
-  int fields;  // tag bits carried
-};
-
-TagLayout tag_layout(int group_size) {
-  const int width = std::bit_width(static_cast<unsigned>(group_size));
-  return {width, std::min(16, kTagBits / width)};
-}
-
-double encode_count(int64_t count, uint64_t tag, const TagLayout& layout) {
-  uint64_t slot = static_cast<uint64_t>(count);
-  for (int j = 0; j < layout.fields; ++j)
-    slot += ((tag >> j) & 1u) << (kCountBits + j * layout.width);
-  return static_cast<double>(slot);
-}
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -111,11 +82,10 @@ Tensor SyncBatchNorm::forward(const Tensor& x, bool training) {
   // Stage 1 (local) and the one collective: [n, Σx (C), Σx² (C)] in float64.
   std::vector<double> payload(2 * C + 1);
   norm::bn_stats(x.data(), g, payload.data() + 1, payload.data() + 1 + C);
-  const TagLayout layout = tag_layout(group_->size());
-  const uint64_t tag = fnv1a(std::to_string(calls_) + "/" + std::to_string(C), fnv1a(name_));
-  SYNCBN_REQUIRE(g.count() < (int64_t{1} << kCountBits) / group_->size(), "SyncBatchNorm '", name_,
+  const slot::Layout layout = slot::layout(group_->size());
+  SYNCBN_REQUIRE(slot::count_fits(g.count(), group_->size()), "SyncBatchNorm '", name_,
                  "': ", g.count(), " values per channel on one rank is too many");
-  payload[0] = encode_count(g.count(), tag, layout);
+  payload[0] = slot::encode(g.count(), slot::layer_tag(name_, calls_, C), layout);
   const auto comm_start = std::chrono::steady_clock::now();
   group_->allreduce_sum(payload.data(), static_cast<int64_t>(payload.size()));
   counters_.comm_seconds += seconds_since(comm_start);
@@ -123,16 +93,12 @@ Tensor SyncBatchNorm::forward(const Tensor& x, bool training) {
   counters_.forward_bytes += static_cast<int64_t>(payload.size() * sizeof(double));
   ++calls_;
 
-  const uint64_t slot = static_cast<uint64_t>(payload[0]);
-  const uint64_t field_mask = (uint64_t{1} << layout.width) - 1;
-  for (int j = 0; j < layout.fields; ++j) {
-    const uint64_t field = (slot >> (kCountBits + j * layout.width)) & field_mask;
-    SYNCBN_REQUIRE(field == 0 || field == static_cast<uint64_t>(group_->size()), "SyncBatchNorm '",
-                   name_, "' (forward call ", calls_, ", C=", C,
-                   "): the ranks of the BN group are not all in the same layer; they called "
-                   "SyncBN layers in a different order or with different channel counts");
-  }
-  const int64_t count = static_cast<int64_t>(slot & ((uint64_t{1} << kCountBits) - 1));
+  const slot::Decoded reduced = slot::decode(payload[0], layout, group_->size());
+  SYNCBN_REQUIRE(reduced.same_layer, "SyncBatchNorm '", name_, "' (forward call ", calls_,
+                 ", C=", C,
+                 "): the ranks of the BN group are not all in the same layer; they called "
+                 "SyncBN layers in a different order or with different channel counts");
+  const int64_t count = reduced.count;
   SYNCBN_REQUIRE(count > 1, "Expected more than 1 value per channel when training, got input size ",
                  shape_to_string(x.shape()), " on rank ", group_->rank(), " (", count,
                  " values per channel over the BN group of ", group_->size(), " ranks)");

@@ -3,12 +3,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
+#include "core/cuda_check.h"
 #include "core/error.h"
+#include "nn/count_slot.h"
 #include "nn/sync_batch_norm_cuda_kernels.h"
 #include "norm/cuda/kernels_cuda.h"
 
@@ -17,42 +18,7 @@ namespace {
 
 namespace kernels = cuda_detail;
 
-[[noreturn]] void cuda_failed(const char* file, int line, const char* call, cudaError_t status) {
-  std::fprintf(stderr, "syncbn: %s:%d: %s failed: %s\n", file, line, call,
-               cudaGetErrorString(status));
-  std::fflush(stderr);
-  std::abort();
-}
-#define SYNCBN_LAYER_CUDA_CHECK(call)                                                          \
-  do {                                                                                         \
-    const cudaError_t syncbn_status_ = (call);                                                 \
-    if (syncbn_status_ != cudaSuccess) cuda_failed(__FILE__, __LINE__, #call, syncbn_status_); \
-  } while (0)
-
 cudaStream_t to_cuda(CUstream_st* stream) { return reinterpret_cast<cudaStream_t>(stream); }
-
-// The count slot, laid out exactly as nn/sync_batch_norm.cc does: the element count in the low
-// kCountBits bits, one field per tag bit above, each wide enough to hold the group size, so that
-// every field of the sum is 0 or R exactly when every rank sent the same tag.
-constexpr int kCountBits = 36;
-constexpr int kTagBits = 53 - kCountBits;
-
-uint64_t fnv1a(const std::string& text, uint64_t h = 1469598103934665603ull) {
-  for (unsigned char ch : text) h = (h ^ ch) * 1099511628211ull;
-  return h;
-}
-
-kernels::SlotLayout slot_layout(int group_size) {
-  const int width = std::bit_width(static_cast<unsigned>(group_size));
-  return {kCountBits, width, std::min(16, kTagBits / width)};
-}
-
-double encode_count(int64_t count, uint64_t tag, const kernels::SlotLayout& layout) {
-  uint64_t slot = static_cast<uint64_t>(count);
-  for (int j = 0; j < layout.fields; ++j)
-    slot += ((tag >> j) & 1u) << (kCountBits + j * layout.width);
-  return static_cast<double>(slot);
-}
 
 // Starts no wait: drops the requests that have completed (test() is non-blocking).
 void drop_completed(std::vector<comm::Request>& pending) {
@@ -77,7 +43,7 @@ SyncBatchNormCuda::SyncBatchNormCuda(const SyncBatchNormOptions& options, comm::
   const size_t doubles = static_cast<size_t>(6 * C + 2);
   const size_t floats = static_cast<size_t>(8 * C);
   const size_t bytes = doubles * sizeof(double) + floats * sizeof(float) + sizeof(unsigned);
-  SYNCBN_LAYER_CUDA_CHECK(cudaMalloc(&device_, bytes));
+  SYNCBN_CUDA_CHECK(cudaMalloc(&device_, bytes));
   double* d = static_cast<double*>(device_);
   forward_payload_ = d;
   backward_payload_ = d + 2 * C + 1;
@@ -92,10 +58,10 @@ SyncBatchNormCuda::SyncBatchNormCuda(const SyncBatchNormOptions& options, comm::
   saved_mean_ = f + 6 * C;
   saved_invstd_ = f + 7 * C;
   status_device_ = reinterpret_cast<unsigned*>(f + floats);
-  SYNCBN_LAYER_CUDA_CHECK(cudaMemsetAsync(device_, 0, bytes, to_cuda(stream_)));
+  SYNCBN_CUDA_CHECK(cudaMemsetAsync(device_, 0, bytes, to_cuda(stream_)));
   if (weight_ != nullptr) kernels::fill(weight_, C, 1.0f, stream_);
   if (running_var_ != nullptr) kernels::fill(running_var_, C, 1.0f, stream_);
-  SYNCBN_LAYER_CUDA_CHECK(cudaStreamSynchronize(to_cuda(stream_)));  // construction, not a step
+  SYNCBN_CUDA_CHECK(cudaStreamSynchronize(to_cuda(stream_)));  // construction, not a step
 }
 
 SyncBatchNormCuda::~SyncBatchNormCuda() {
@@ -126,11 +92,11 @@ void SyncBatchNormCuda::forward(const float* x, const norm::BnGeometry& g, bool 
   }
 
   // Stage 1 and the one collective: [slot, Σx (C), Σx² (C)] in float64.
-  const kernels::SlotLayout layout = slot_layout(group_->size());
-  const uint64_t tag = fnv1a(std::to_string(calls_) + "/" + std::to_string(C), fnv1a(name_));
-  SYNCBN_REQUIRE(g.count() < (int64_t{1} << kCountBits) / group_->size(), "SyncBatchNorm '", name_,
+  const slot::Layout layout = slot::layout(group_->size());
+  SYNCBN_REQUIRE(slot::count_fits(g.count(), group_->size()), "SyncBatchNorm '", name_,
                  "': ", g.count(), " values per channel on one rank is too many");
-  kernels::set_scalar(forward_payload_, encode_count(g.count(), tag, layout), stream_);
+  kernels::set_scalar(forward_payload_,
+                      slot::encode(g.count(), slot::layer_tag(name_, calls_, C), layout), stream_);
   norm::cuda::bn_stats<float, double>(x, g, forward_payload_ + 1, forward_payload_ + 1 + C,
                                       stream_);
   drop_completed(pending_);
@@ -186,11 +152,11 @@ void SyncBatchNormCuda::finish() {
   pending_.clear();
   const cudaStream_t s = to_cuda(stream_);
   unsigned status = 0;
-  SYNCBN_LAYER_CUDA_CHECK(
+  SYNCBN_CUDA_CHECK(
       cudaMemcpyAsync(&status, status_device_, sizeof(status), cudaMemcpyDeviceToHost, s));
-  SYNCBN_LAYER_CUDA_CHECK(cudaStreamSynchronize(s));
+  SYNCBN_CUDA_CHECK(cudaStreamSynchronize(s));
   if (status == 0) return;
-  SYNCBN_LAYER_CUDA_CHECK(cudaMemsetAsync(status_device_, 0, sizeof(unsigned), s));
+  SYNCBN_CUDA_CHECK(cudaMemsetAsync(status_device_, 0, sizeof(unsigned), s));
   SYNCBN_REQUIRE((status & kernels::kLayerMismatch) == 0, "SyncBatchNorm '", name_,
                  "': the ranks of the BN group were not all in the same layer in a forward pass "
                  "since the last finish(); they called SyncBN layers in a different order or with "

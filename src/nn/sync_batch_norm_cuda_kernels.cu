@@ -12,17 +12,12 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + 255) / 256); 
 
 __global__ void set_scalar_kernel(double* p, double value) { *p = value; }
 
-__global__ void decode_slot_kernel(const double* slot_value, SlotLayout layout, unsigned group_size,
+__global__ void decode_slot_kernel(const double* slot_value, slot::Layout layout, int group_size,
                                    double* count, unsigned* status) {
-  const uint64_t slot = static_cast<uint64_t>(*slot_value);
-  const uint64_t mask = (uint64_t{1} << layout.width) - 1;
-  for (int j = 0; j < layout.fields; ++j) {
-    const uint64_t field = (slot >> (layout.count_bits + j * layout.width)) & mask;
-    if (field != 0 && field != group_size) *status |= kLayerMismatch;
-  }
-  const uint64_t n = slot & ((uint64_t{1} << layout.count_bits) - 1);
-  if (n <= 1) *status |= kTooFewValues;
-  *count = n > 1 ? static_cast<double>(n) : 2.0;
+  const slot::Decoded reduced = slot::decode(*slot_value, layout, group_size);
+  if (!reduced.same_layer) *status |= kLayerMismatch;
+  if (reduced.count <= 1) *status |= kTooFewValues;
+  *count = reduced.count > 1 ? static_cast<double>(reduced.count) : 2.0;
 }
 
 __global__ void save_batch_stats_kernel(int64_t C, const double* mean, const double* var,
@@ -62,10 +57,10 @@ void set_scalar(double* p, double value, CUstream_st* stream) {
   launch(set_scalar_kernel, dim3(1), dim3(1), 0, to_cuda(stream), p, value);
 }
 
-void decode_slot(const double* slot, const SlotLayout& layout, int group_size, double* count,
-                 unsigned* status, CUstream_st* stream) {
-  launch(decode_slot_kernel, dim3(1), dim3(1), 0, to_cuda(stream), slot, layout,
-         static_cast<unsigned>(group_size), count, status);
+void decode_slot(const double* slot_value, const slot::Layout& layout, int group_size,
+                 double* count, unsigned* status, CUstream_st* stream) {
+  launch(decode_slot_kernel, dim3(1), dim3(1), 0, to_cuda(stream), slot_value, layout, group_size,
+         count, status);
 }
 
 void save_batch_stats(int64_t channels, const double* mean, const double* var, double eps,

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "nn/count_slot.h"
+
 struct CUstream_st;
 
 namespace syncbn::nn::cuda_detail {
@@ -12,20 +14,12 @@ namespace syncbn::nn::cuda_detail {
 // Bits of the layer's device status word.
 enum StatusBit : unsigned { kTooFewValues = 1u, kLayerMismatch = 2u };
 
-// The count slot of nn/sync_batch_norm.cc: the count in the low count_bits bits, `fields` tag
-// fields of `width` bits above.
-struct SlotLayout {
-  int count_bits;
-  int width;
-  int fields;
-};
-
 // *p = value.
 void set_scalar(double* p, double value, CUstream_st* stream);
 // The reduced slot → *count (group-wide n), setting kLayerMismatch when a tag field is neither 0
 // nor group_size and kTooFewValues when n <= 1 (then *count = 2 keeps the step finite).
-void decode_slot(const double* slot, const SlotLayout& layout, int group_size, double* count,
-                 unsigned* status, CUstream_st* stream);
+void decode_slot(const double* slot_value, const slot::Layout& layout, int group_size,
+                 double* count, unsigned* status, CUstream_st* stream);
 // saved_mean = mean, saved_invstd = 1/sqrt(var + eps), float64 → float32.
 void save_batch_stats(int64_t channels, const double* mean, const double* var, double eps,
                       float* saved_mean, float* saved_invstd, CUstream_st* stream);

@@ -12,6 +12,7 @@
 #include "ckpt/safetensors.h"
 #include "ckpt/state_dict.h"
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace syncbn::train {
 namespace {
@@ -19,10 +20,10 @@ namespace {
 namespace fs = std::filesystem;
 
 uint64_t fnv1a(const std::vector<ckpt::TensorEntry>& entries) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = kFnv1aOffset;
   for (const ckpt::TensorEntry& e : entries) {
-    for (char ch : e.name) h = (h ^ static_cast<unsigned char>(ch)) * 1099511628211ull;
-    for (uint8_t b : e.bytes) h = (h ^ b) * 1099511628211ull;
+    h = syncbn::fnv1a(e.name, h);
+    h = syncbn::fnv1a({reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size()}, h);
   }
   return h;
 }

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace syncbn::train {
 namespace {
@@ -404,10 +405,6 @@ std::string to_yaml(const Config& c) {
   return std::string(out.c_str()) + "\n";
 }
 
-uint64_t config_hash(const Config& config) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : to_yaml(config)) h = (h ^ ch) * 1099511628211ull;
-  return h;
-}
+uint64_t config_hash(const Config& config) { return fnv1a(to_yaml(config)); }
 
 }  // namespace syncbn::train

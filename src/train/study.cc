@@ -24,6 +24,7 @@
 #include <sstream>
 
 #include "ckpt/json.h"
+#include "core/hash.h"
 #include "core/unique_fd.h"
 
 namespace syncbn::train {
@@ -37,18 +38,6 @@ std::string join(const std::vector<std::string>& names, const char* sep = ", ") 
   std::string out;
   for (const std::string& n : names) out += (out.empty() ? "" : sep) + n;
   return out;
-}
-
-std::string hex64(uint64_t value) {
-  char text[17];
-  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(value));
-  return text;
-}
-
-uint64_t fnv1a(const std::string& text) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : text) h = (h ^ ch) * 1099511628211ull;
-  return h;
 }
 
 std::string read_text(const std::string& path, const std::string& what) {

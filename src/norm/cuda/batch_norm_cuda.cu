@@ -21,21 +21,14 @@
 namespace syncbn::norm::cuda {
 namespace detail {
 
-void cuda_failed(const char* file, int line, const char* call, cudaError_t status) {
-  std::fprintf(stderr, "syncbn: %s:%d: %s failed: %s\n", file, line, call,
-               cudaGetErrorString(status));
-  std::fflush(stderr);
-  std::abort();
-}
-
 int sm_count() {
   constexpr int kMaxDevices = 64;
   static int cached[kMaxDevices] = {};
   int device = 0;
-  SYNCBN_NORM_CUDA_CHECK(cudaGetDevice(&device));
+  SYNCBN_CUDA_CHECK(cudaGetDevice(&device));
   if (device < kMaxDevices && cached[device] > 0) return cached[device];
   int count = 0;
-  SYNCBN_NORM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  SYNCBN_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   if (device < kMaxDevices) cached[device] = count;
   return count;
 }

@@ -1,5 +1,5 @@
-// What the CUDA normalization files share: the error check, element conversions, 16-byte
-// vectors, the block-wide merge of accumulators, device properties and stream-ordered scratch.
+// What the CUDA normalization files share: element conversions, 16-byte vectors, the block-wide
+// merge of accumulators, device properties and stream-ordered scratch.
 // Internal to norm/cuda.
 #pragma once
 
@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "core/cuda_check.h"
 #include "norm/cuda/kernels_cuda.h"
 #include "norm/norm_math.h"
 
@@ -19,18 +20,6 @@
 
 namespace syncbn::norm::cuda::detail {
 
-// CUDA API failures are not something a user can fix: abort with file:line (STYLE.md rule 8).
-[[noreturn]] void cuda_failed(const char* file, int line, const char* call, cudaError_t status);
-
-#define SYNCBN_NORM_CUDA_CHECK(call)                                                        \
-  do {                                                                                      \
-    const cudaError_t syncbn_status_ = (call);                                              \
-    if (syncbn_status_ != cudaSuccess)                                                      \
-      ::syncbn::norm::cuda::detail::cuda_failed(__FILE__, __LINE__, #call, syncbn_status_); \
-  } while (0)
-// After every launch: a bad configuration is reported here, not at the next API call.
-#define SYNCBN_NORM_LAUNCH_CHECK() SYNCBN_NORM_CUDA_CHECK(cudaGetLastError())
-
 // Multiprocessors of the current device (cached per device).
 int sm_count();
 
@@ -39,7 +28,7 @@ int sm_count();
 class Scratch {
  public:
   Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes > 0) SYNCBN_NORM_CUDA_CHECK(cudaMallocAsync(&data_, bytes, stream_));
+    if (bytes > 0) SYNCBN_CUDA_CHECK(cudaMallocAsync(&data_, bytes, stream_));
   }
   ~Scratch() {
     if (data_ != nullptr) cudaFreeAsync(data_, stream_);
@@ -120,7 +109,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
   // clang-format on
 #endif
-  SYNCBN_NORM_LAUNCH_CHECK();
+  SYNCBN_LAUNCH_CHECK();
 }
 
 // Merges `width` accumulators per thread of a 2-D block over threadIdx.y into row y = 0:

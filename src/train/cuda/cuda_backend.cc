@@ -37,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/cuda_check.h"
 #include "core/error.h"
 #include "nn/cuda/layers_cuda.h"
 #include "nn/layers.h"
@@ -48,31 +49,6 @@
 namespace syncbn::train {
 namespace {
 
-[[noreturn]] void gpu_call_failed(const char* file, int line, const char* call, const char* what) {
-  std::fprintf(stderr, "syncbn: %s:%d: %s failed: %s\n", file, line, call, what);
-  std::fflush(stderr);
-  std::abort();
-}
-
-#define SYNCBN_TRAIN_CUDA_CHECK(call)                                          \
-  do {                                                                         \
-    const cudaError_t status_ = (call);                                        \
-    if (status_ != cudaSuccess)                                                \
-      gpu_call_failed(__FILE__, __LINE__, #call, cudaGetErrorString(status_)); \
-  } while (0)
-#define SYNCBN_CUDNN_CHECK(call)                                                \
-  do {                                                                          \
-    const cudnnStatus_t status_ = (call);                                       \
-    if (status_ != CUDNN_STATUS_SUCCESS)                                        \
-      gpu_call_failed(__FILE__, __LINE__, #call, cudnnGetErrorString(status_)); \
-  } while (0)
-#define SYNCBN_CUBLAS_CHECK(call)                                                 \
-  do {                                                                            \
-    const cublasStatus_t status_ = (call);                                        \
-    if (status_ != CUBLAS_STATUS_SUCCESS)                                         \
-      gpu_call_failed(__FILE__, __LINE__, #call, cublasGetStatusString(status_)); \
-  } while (0)
-
 cudaStream_t to_cuda(CUstream_st* stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 // Device memory of n elements (none for n = 0).
@@ -81,7 +57,7 @@ class DeviceArray {
  public:
   DeviceArray() = default;
   explicit DeviceArray(size_t n) : n_(n) {
-    if (n > 0) SYNCBN_TRAIN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+    if (n > 0) SYNCBN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
   }
   ~DeviceArray() {
     if (p_ != nullptr) cudaFree(p_);
@@ -107,7 +83,7 @@ class PinnedArray {
  public:
   PinnedArray() = default;
   explicit PinnedArray(size_t n) {
-    SYNCBN_TRAIN_CUDA_CHECK(
+    SYNCBN_CUDA_CHECK(
         cudaMallocHost(reinterpret_cast<void**>(&p_), std::max<size_t>(n, 1) * sizeof(T)));
   }
   ~PinnedArray() {
@@ -126,7 +102,7 @@ class PinnedArray {
 
 class Stream {
  public:
-  Stream() { SYNCBN_TRAIN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  Stream() { SYNCBN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
   ~Stream() { cudaStreamDestroy(stream_); }
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
@@ -138,14 +114,14 @@ class Stream {
 
 class Event {
  public:
-  Event() { SYNCBN_TRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  Event() { SYNCBN_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
   ~Event() { cudaEventDestroy(event_); }
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
   // Work enqueued on `waiter` from now on runs after the work enqueued on `producer` so far.
   void order(cudaStream_t producer, cudaStream_t waiter) {
-    SYNCBN_TRAIN_CUDA_CHECK(cudaEventRecord(event_, producer));
-    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamWaitEvent(waiter, event_, 0));
+    SYNCBN_CUDA_CHECK(cudaEventRecord(event_, producer));
+    SYNCBN_CUDA_CHECK(cudaStreamWaitEvent(waiter, event_, 0));
   }
 
  private:
@@ -284,7 +260,7 @@ class CudaBackend final : public StepBackend {
     grad_b_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
     row_loss_ = DeviceArray<double>(static_cast<size_t>(max_n_));
     loss_sum_ = DeviceArray<double>(1);
-    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));  // construction, not a step
+    SYNCBN_CUDA_CHECK(cudaStreamSynchronize(compute_));  // construction, not a step
   }
 
   ~CudaBackend() override {
@@ -311,27 +287,26 @@ class CudaBackend final : public StepBackend {
     if (n > 0) {
       std::memcpy(pinned_images_.get(), batch.images.data(), image_bytes);
       std::memcpy(pinned_labels_.get(), batch.labels.data(), label_bytes);
-      SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(input_.get(), pinned_images_.get(), image_bytes,
-                                              cudaMemcpyHostToDevice, copy_.get()));
-      SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(labels_.get(), pinned_labels_.get(), label_bytes,
-                                              cudaMemcpyHostToDevice, copy_.get()));
+      SYNCBN_CUDA_CHECK(cudaMemcpyAsync(input_.get(), pinned_images_.get(), image_bytes,
+                                        cudaMemcpyHostToDevice, copy_.get()));
+      SYNCBN_CUDA_CHECK(cudaMemcpyAsync(labels_.get(), pinned_labels_.get(), label_bytes,
+                                        cudaMemcpyHostToDevice, copy_.get()));
       copied_.order(copy_.get(), compute_);
     }
-    SYNCBN_TRAIN_CUDA_CHECK(
-        cudaMemsetAsync(grads_.get(), 0, grads_.size() * sizeof(float), compute_));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.size() * sizeof(float), compute_));
     for (DeviceLayer& L : layers_) {
       if (L.bn == nullptr) continue;
       const size_t bytes = static_cast<size_t>(L.in.c) * sizeof(float);
-      SYNCBN_TRAIN_CUDA_CHECK(cudaMemsetAsync(L.bn->grad_weight(), 0, bytes, compute_));
-      SYNCBN_TRAIN_CUDA_CHECK(cudaMemsetAsync(L.bn->grad_bias(), 0, bytes, compute_));
+      SYNCBN_CUDA_CHECK(cudaMemsetAsync(L.bn->grad_weight(), 0, bytes, compute_));
+      SYNCBN_CUDA_CHECK(cudaMemsetAsync(L.bn->grad_bias(), 0, bytes, compute_));
     }
 
     const float* logits = forward(n);
     nn::cuda::softmax_xent(logits, labels_.get(), n, classes,
                            1.0 / static_cast<double>(batch.global_batch_size), grad_a_.get(),
                            row_loss_.get(), loss_sum_.get(), stream());
-    SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(pinned_loss_.get(), loss_sum_.get(), sizeof(double),
-                                            cudaMemcpyDeviceToHost, compute_));
+    SYNCBN_CUDA_CHECK(cudaMemcpyAsync(pinned_loss_.get(), loss_sum_.get(), sizeof(double),
+                                      cudaMemcpyDeviceToHost, compute_));
     backward(n);
     reduced_.order(side_.get(), compute_);
     update(lr);
@@ -341,7 +316,7 @@ class CudaBackend final : public StepBackend {
     for (Bucket& b : buckets_) b.request.wait();
     for (DeviceLayer& L : layers_)
       if (L.bn != nullptr) L.bn->finish();
-    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+    SYNCBN_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
 
   double last_loss_sum() override { return *pinned_loss_.get(); }
@@ -354,7 +329,7 @@ class CudaBackend final : public StepBackend {
   }
 
   void to_host() override {
-    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+    SYNCBN_CUDA_CHECK(cudaStreamSynchronize(compute_));
     for (const DeviceParam& p : params_) copy(p.host.value->data(), p.value, p.numel);
     for (size_t i = 0; i < layers_.size(); ++i) {
       const DeviceLayer& L = layers_[i];
@@ -374,7 +349,7 @@ class CudaBackend final : public StepBackend {
         state.momentum_buffers.push_back(std::move(buffer));
       }
     }
-    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+    SYNCBN_CUDA_CHECK(cudaStreamSynchronize(compute_));
     sgd_.load_state(std::move(state));
   }
 
@@ -394,7 +369,7 @@ class CudaBackend final : public StepBackend {
       copy(momentum_.get() + params_[k].offset, sgd_.momentum_buffers()[k].data(),
            params_[k].numel);
     }
-    SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+    SYNCBN_CUDA_CHECK(cudaStreamSynchronize(compute_));
   }
 
  private:
@@ -404,8 +379,8 @@ class CudaBackend final : public StepBackend {
   // (cudaMemcpy's legacy stream does not order with a non-blocking stream); the caller
   // synchronizes once after its copies.
   void copy(float* dst, const float* src, int64_t count) {
-    SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(float),
-                                            cudaMemcpyDefault, compute_));
+    SYNCBN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(float),
+                                      cudaMemcpyDefault, compute_));
   }
 
   // running_mean, running_var, num_batches_tracked of host layer i.
@@ -515,7 +490,7 @@ class CudaBackend final : public StepBackend {
     const size_t needed = std::max({f.memory, d.memory, w.memory});
     if (needed > workspace_.size()) {
       // A new batch size (the first step, or an uneven last batch): not in the steady state.
-      SYNCBN_TRAIN_CUDA_CHECK(cudaStreamSynchronize(compute_));
+      SYNCBN_CUDA_CHECK(cudaStreamSynchronize(compute_));
       workspace_ = DeviceArray<unsigned char>(needed);
     }
     L.plans.push_back(std::move(plan));
@@ -674,9 +649,9 @@ class CudaBackend final : public StepBackend {
   void mark_ready(size_t k) {
     const DeviceParam& p = params_[k];
     if (p.bn_grad != nullptr) {
-      SYNCBN_TRAIN_CUDA_CHECK(cudaMemcpyAsync(grads_.get() + p.offset, p.bn_grad,
-                                              static_cast<size_t>(p.numel) * sizeof(float),
-                                              cudaMemcpyDeviceToDevice, compute_));
+      SYNCBN_CUDA_CHECK(cudaMemcpyAsync(grads_.get() + p.offset, p.bn_grad,
+                                        static_cast<size_t>(p.numel) * sizeof(float),
+                                        cudaMemcpyDeviceToDevice, compute_));
     }
     Bucket& b = buckets_[static_cast<size_t>(p.bucket)];
     if (b.pending == 0) b.pending = b.last - b.first + 1;  // its first parameter this step
