@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "nn/sgd_math.h"
 
 namespace syncbn::optim {
 namespace {
@@ -25,37 +26,12 @@ void require_lr(double lr) {
   SYNCBN_REQUIRE(std::isfinite(lr) && lr >= 0.0, "Invalid learning rate: ", format_number(lr));
 }
 
-// The update of one parameter (see sgd.h). Every PyTorch `x.add(y, alpha=a)` is a fused
-// multiply-add, as PyTorch's AVX2/AVX-512 CPU kernels compute it (Vectorized<float>::fmadd), and
-// `buf.mul_(momentum)` a rounded product; nothing else is contracted (-ffp-contract=off).
-struct Update {
-  float weight_decay;
-  float momentum;
-  float one_minus_dampening;
-  float neg_lr;
-  bool has_weight_decay;
-  bool has_momentum;
-  bool first_momentum_step;
-  bool nesterov;
-
-  void operator()(float* value, const float* grad, float* buf, int64_t count) const {
+// The update of one parameter (nn/sgd_math.h); nothing else is contracted (-ffp-contract=off).
+void update(const nn::math::SgdStep& u, float* value, const float* grad, float* buf,
+            int64_t count) {
 #pragma omp parallel for schedule(static) if (count >= kParallelGrain)
-    for (int64_t i = 0; i < count; ++i) {
-      float g = grad[i];
-      if (has_weight_decay) g = std::fma(weight_decay, value[i], g);
-      if (has_momentum) {
-        float b = g;
-        if (!first_momentum_step) {
-          b = buf[i] * momentum;
-          b = std::fma(one_minus_dampening, g, b);
-        }
-        buf[i] = b;
-        g = nesterov ? std::fma(momentum, b, g) : b;
-      }
-      value[i] = std::fma(neg_lr, g, value[i]);
-    }
-  }
-};
+  for (int64_t i = 0; i < count; ++i) nn::math::sgd_update_element(u, value, grad, buf, i);
+}
 
 }  // namespace
 
@@ -100,26 +76,19 @@ std::vector<std::string> SGD::param_names() const {
 
 void SGD::step(double lr) {
   require_lr(lr);
-  Update update;
-  update.weight_decay = static_cast<float>(options_.weight_decay);
-  update.momentum = static_cast<float>(options_.momentum);
-  update.one_minus_dampening = static_cast<float>(1.0 - options_.dampening);
-  update.neg_lr = static_cast<float>(-lr);
-  update.has_weight_decay = options_.weight_decay != 0.0;
-  update.has_momentum = options_.momentum != 0.0;
-  update.first_momentum_step = !state_.momentum_initialized;
-  update.nesterov = options_.nesterov;
-
-  if (update.has_momentum && !state_.momentum_initialized) {
+  const nn::math::SgdStep u =
+      nn::math::sgd_step(lr, options_.momentum, options_.dampening, options_.weight_decay,
+                         options_.nesterov, !state_.momentum_initialized);
+  if (u.has_momentum && !state_.momentum_initialized) {
     state_.momentum_buffers.clear();
     for (const nn::ParamRef& p : params_)
       state_.momentum_buffers.push_back(Tensor::empty(p.value->shape(), p.value->format()));
   }
   for (size_t i = 0; i < params_.size(); ++i) {
-    float* buf = update.has_momentum ? state_.momentum_buffers[i].data() : nullptr;
-    update(params_[i].value->data(), params_[i].grad->data(), buf, params_[i].value->numel());
+    float* buf = u.has_momentum ? state_.momentum_buffers[i].data() : nullptr;
+    update(u, params_[i].value->data(), params_[i].grad->data(), buf, params_[i].value->numel());
   }
-  if (update.has_momentum) state_.momentum_initialized = true;
+  if (u.has_momentum) state_.momentum_initialized = true;
   ++state_.step_count;
 }
 

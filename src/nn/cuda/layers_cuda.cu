@@ -32,16 +32,6 @@ __device__ __forceinline__ int64_t index_stride() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
-// A float32 product rounded on its own, never fused into a following add (nvcc contracts a·b + c
-// into an FMA by default; optim::SGD rounds momentum·buf before adding).
-__host__ __device__ __forceinline__ float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
 __global__ void relu_forward_kernel(const float* x, int64_t n, float* y) {
   for (int64_t i = first_index(); i < n; i += index_stride()) {
     const float v = x[i];
@@ -157,18 +147,8 @@ __global__ void sum_rows_kernel(const double* row_loss, int64_t N, double* loss_
 
 __global__ void sgd_update_kernel(float* value, const float* grad, float* buf, int64_t n,
                                   SgdStep u) {
-  for (int64_t i = first_index(); i < n; i += index_stride()) {
-    float g = grad[i];
-    if (u.has_weight_decay) g = std::fma(u.weight_decay, value[i], g);
-    if (u.has_momentum) {
-      float b = g;
-      if (!u.first_momentum_step)
-        b = std::fma(u.one_minus_dampening, g, mul_rn(buf[i], u.momentum));
-      buf[i] = b;
-      g = u.nesterov ? std::fma(u.momentum, b, g) : b;
-    }
-    value[i] = std::fma(u.neg_lr, g, value[i]);
-  }
+  for (int64_t i = first_index(); i < n; i += index_stride())
+    math::sgd_update_element(u, value, grad, buf, i);
 }
 
 PoolShape pool_shape(int64_t planes, int64_t H, int64_t W, int64_t kernel, int64_t stride,

@@ -27,6 +27,8 @@
 
 #include <cstdint>
 
+#include "nn/sgd_math.h"
+
 struct CUstream_st;
 
 namespace syncbn::nn::cuda {
@@ -55,32 +57,9 @@ void bias_backward(const float* dy, int64_t N, int64_t C, int64_t S, float* grad
 void softmax_xent(const float* logits, const int32_t* labels, int64_t N, int64_t K, double scale,
                   float* dlogits, double* row_loss, double* loss_sum, Stream stream);
 
-// One SGD step's scalars, rounded to float32 as optim::SGD does.
-struct SgdStep {
-  float weight_decay = 0;
-  float momentum = 0;
-  float one_minus_dampening = 1;
-  float neg_lr = 0;
-  bool has_weight_decay = false;
-  bool has_momentum = false;
-  bool first_momentum_step = false;  // buf = g (a copy), as PyTorch's first step
-  bool nesterov = false;
-};
-// The scalars of a step with learning rate lr and the options of optim::SgdOptions;
-// first_momentum_step: the momentum buffers hold nothing yet.
-inline SgdStep sgd_step(double lr, double momentum, double dampening, double weight_decay,
-                        bool nesterov, bool first_momentum_step) {
-  SgdStep u;
-  u.weight_decay = static_cast<float>(weight_decay);
-  u.momentum = static_cast<float>(momentum);
-  u.one_minus_dampening = static_cast<float>(1.0 - dampening);
-  u.neg_lr = static_cast<float>(-lr);
-  u.has_weight_decay = weight_decay != 0.0;
-  u.has_momentum = momentum != 0.0;
-  u.first_momentum_step = first_momentum_step;
-  u.nesterov = nesterov;
-  return u;
-}
+// One SGD step's scalars (nn/sgd_math.h).
+using math::sgd_step;
+using math::SgdStep;
 // value, grad, momentum_buffer (n); momentum_buffer unused (may be null) without momentum.
 void sgd_update(float* value, const float* grad, float* momentum_buffer, int64_t n,
                 const SgdStep& step, Stream stream);
