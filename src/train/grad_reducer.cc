@@ -6,6 +6,21 @@
 
 namespace syncbn::train {
 
+std::vector<std::vector<size_t>> bucket_parameters(const std::vector<int64_t>& grad_bytes,
+                                                   int64_t bucket_bytes) {
+  std::vector<std::vector<size_t>> buckets;
+  int64_t bytes = bucket_bytes;  // closes the (absent) bucket before the first parameter
+  for (size_t k = grad_bytes.size(); k-- > 0;) {
+    if (bytes >= bucket_bytes) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().push_back(k);
+    bytes += grad_bytes[k];
+  }
+  return buckets;
+}
+
 GradReducer::GradReducer(std::vector<nn::ParamRef> params, comm::Communicator* world,
                          int64_t bucket_bytes)
     : params_(std::move(params)),
@@ -13,20 +28,17 @@ GradReducer::GradReducer(std::vector<nn::ParamRef> params, comm::Communicator* w
       bucket_of_(params_.size()),
       ready_(params_.size(), false) {
   SYNCBN_CHECK(world_ != nullptr);
-  int64_t bytes = 0;
-  for (size_t k = params_.size(); k-- > 0;) {
-    const int64_t size = params_[k].grad->numel() * static_cast<int64_t>(sizeof(float));
-    if (buckets_.empty() || (bytes > 0 && bytes + size > bucket_bytes)) {
-      buckets_.emplace_back();
-      bytes = 0;
-    }
-    buckets_.back().params.push_back(k);
-    bucket_of_[k] = buckets_.size() - 1;
-    bytes += size;
-  }
-  for (Bucket& b : buckets_) {
+  std::vector<int64_t> grad_bytes;
+  for (const nn::ParamRef& p : params_)
+    grad_bytes.push_back(p.grad->numel() * static_cast<int64_t>(sizeof(float)));
+  for (std::vector<size_t>& members : bucket_parameters(grad_bytes, bucket_bytes)) {
+    Bucket& b = buckets_.emplace_back();
+    b.params = std::move(members);
     int64_t n = 0;
-    for (size_t k : b.params) n += params_[k].grad->numel();
+    for (size_t k : b.params) {
+      n += params_[k].grad->numel();
+      bucket_of_[k] = buckets_.size() - 1;
+    }
     b.buffer.resize(static_cast<size_t>(n));
     b.pending = b.params.size();
   }

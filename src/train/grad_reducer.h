@@ -15,6 +15,14 @@
 
 namespace syncbn::train {
 
+// The buckets of parameters whose gradients have grad_bytes[k] bytes, as PyTorch's DDP forms
+// them: in backward's order (the last parameter first), a bucket closing once it holds at least
+// bucket_bytes, so every bucket has at least one parameter. Each bucket lists its parameter
+// indices in descending order; together they hold every index once. Used by GradReducer and by
+// the CUDA backend's plan (train/cuda/device_plan.h).
+std::vector<std::vector<size_t>> bucket_parameters(const std::vector<int64_t>& grad_bytes,
+                                                   int64_t bucket_bytes);
+
 class GradReducer {
  public:
   // params: every parameter of the model, in registration order. world: not owned.

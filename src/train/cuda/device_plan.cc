@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "nn/layers.h"
+#include "train/grad_reducer.h"
 
 namespace syncbn::train {
 namespace {
@@ -103,18 +104,14 @@ DevicePlan plan_device_model(const Config& config, const data::DatasetInfo& info
     plan.params.push_back(p);
   }
 
-  // Backward's order: the last parameters first; a bucket closes once it holds bucket_bytes.
-  for (size_t k = plan.params.size(); k-- > 0;) {
-    const PlannedParam& p = plan.params[k];
-    if (plan.buckets.empty() || (plan.buckets.back().end - plan.buckets.back().begin) *
-                                        static_cast<int64_t>(sizeof(float)) >=
-                                    bucket_bytes) {
-      plan.buckets.push_back({p.offset, p.offset + p.numel, k, k});
-    }
-    PlannedBucket& b = plan.buckets.back();
-    b.begin = p.offset;
-    b.first = k;
-    plan.params[k].bucket = static_cast<int>(plan.buckets.size() - 1);
+  std::vector<int64_t> grad_bytes;
+  for (const PlannedParam& p : plan.params)
+    grad_bytes.push_back(p.numel * static_cast<int64_t>(sizeof(float)));
+  for (const std::vector<size_t>& params : bucket_parameters(grad_bytes, bucket_bytes)) {
+    const PlannedParam& first = plan.params[params.back()];
+    const PlannedParam& last = plan.params[params.front()];
+    plan.buckets.push_back({first.offset, last.offset + last.numel, params.back(), params.front()});
+    for (size_t k : params) plan.params[k].bucket = static_cast<int>(plan.buckets.size() - 1);
   }
   return plan;
 }
