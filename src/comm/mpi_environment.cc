@@ -1,6 +1,9 @@
 #include "comm/mpi_environment.h"
 
 #include <mpi.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include "comm/backends.h"
 #include "core/error.h"
@@ -84,6 +87,13 @@ MpiEnvironment::MpiEnvironment(int* argc, char*** argv, ThreadLevel required) {
 
 MpiEnvironment::~MpiEnvironment() {
   if (owns_mpi_ && active()) MPI_Finalize();
+}
+
+void abort_world(int exit_code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  if (MpiEnvironment::active()) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  ::_exit(exit_code);
 }
 
 }  // namespace syncbn::comm

@@ -41,4 +41,9 @@ class MpiEnvironment {
   bool owns_mpi_ = false;
 };
 
+// Ends the whole job: MPI_Abort(MPI_COMM_WORLD, exit_code) when MPI is active (mpirun then kills
+// every rank and exits non-zero), else _exit(exit_code). For an error one rank sees while others
+// may wait in a collective; stdout and stderr are flushed first so the rank's message survives.
+[[noreturn]] void abort_world(int exit_code);
+
 }  // namespace syncbn::comm

@@ -1,7 +1,6 @@
 #include "train/trainer.h"
 
 #include <omp.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <fstream>
 #include <memory>
 
+#include "comm/mpi_environment.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -23,6 +23,7 @@
 #include "train/grad_reducer.h"
 #include "train/model.h"
 #include "train/step_backend.h"
+#include "train/test_hooks.h"
 #include "train/weights.h"
 
 namespace syncbn::train {
@@ -47,6 +48,7 @@ EvalResult evaluate(Sequential& model, const data::Dataset& test, comm::Communic
     for (int64_t i = first; i < last; ++i) indices[static_cast<size_t>(i - first)] = i;
     const data::Batch batch = data::assemble_batch(test, indices, /*augment=*/false, 0, 0);
     const Tensor logits = model.forward(batch.images, /*training=*/false);
+    test_hooks::fail_at(test_hooks::Stage::kEval);
     int64_t correct = 0;
     sums[0] += nn::softmax_cross_entropy(logits, batch.labels.data(), 1.0, nullptr, &correct);
     sums[1] += static_cast<double>(correct);
@@ -155,48 +157,6 @@ class Reporter {
   std::ofstream metrics_;
 };
 
-// Test hooks, read from the environment (tests/train/e2e.py and tests/launch use them). A
-// trailing ":G" limits a hook to launch generation G (launch/run.sh restarts with G + 1):
-//   SYNCBN_TEST_KILL_AT_STEP=N:R[:G]  rank R sends itself SIGKILL right after step N (and its
-//                                     checkpoint, if one is due): a rank dying mid-run.
-//   SYNCBN_TEST_HANG_AT_STEP=N:R[:G]  rank R stops making progress after step N (alive, sleeping
-//                                     forever; the others then wait in the next collective): a
-//                                     stuck rank, for the supervisor's stall detection. N = the
-//                                     step it starts from (0): stuck before the first step.
-//   SYNCBN_TEST_STEP_SLEEP_MS=T       every rank sleeps T ms after each step: a slow run, so a
-//                                     test can act while it is still training.
-//   SYNCBN_TEST_FORGET_POSITION=1     a resume restores the weights but restarts the data order
-//                                     from the beginning: the negative control of the resume
-//                                     test.
-struct TestHooks {
-  int64_t kill_step = -1;
-  int kill_rank = -1;
-  int64_t hang_step = -1;
-  int hang_rank = -1;
-  int64_t step_sleep_ms = 0;
-  bool forget_position = false;
-
-  static TestHooks from_env(int64_t generation) {
-    TestHooks h;
-    // "N:R" or "N:R:G"; a hook for another generation stays off.
-    auto parse = [generation](const char* name, int64_t* step_out, int* rank_out) {
-      const char* spec = std::getenv(name);
-      if (spec == nullptr) return;
-      long long step = -1, gen = -1;
-      int rank = -1;
-      const int fields = std::sscanf(spec, "%lld:%d:%lld", &step, &rank, &gen);
-      if (fields == 2 || (fields == 3 && gen == generation)) *step_out = step, *rank_out = rank;
-    };
-    parse("SYNCBN_TEST_KILL_AT_STEP", &h.kill_step, &h.kill_rank);
-    parse("SYNCBN_TEST_HANG_AT_STEP", &h.hang_step, &h.hang_rank);
-    if (const char* sleep = std::getenv("SYNCBN_TEST_STEP_SLEEP_MS"))
-      h.step_sleep_ms = std::max<int64_t>(0, std::atoll(sleep));
-    const char* forget = std::getenv("SYNCBN_TEST_FORGET_POSITION");
-    h.forget_position = forget != nullptr && std::string(forget) == "1";
-    return h;
-  }
-};
-
 // The CPU step: the host model's layers, gradients reduced in buckets as backward produces them
 // (parameters of layer i are final once its backward has run), then SGD.
 class CpuBackend final : public StepBackend {
@@ -210,6 +170,7 @@ class CpuBackend final : public StepBackend {
 
   void step(const data::Batch& batch, double lr) override {
     sgd_.zero_grad();
+    test_hooks::fail_at(test_hooks::Stage::kForward);
     const Tensor logits = model_.forward(batch.images, /*training=*/true);
     Tensor dlogits;
     // d(mean loss over the global batch)/d logits: summing the ranks' gradients gives the
@@ -217,9 +178,13 @@ class CpuBackend final : public StepBackend {
     loss_sum_ = nn::softmax_cross_entropy(logits, batch.labels.data(),
                                           1.0 / static_cast<double>(batch.global_batch_size),
                                           &dlogits, nullptr);
+    bool first_layer = true;
     model_.backward(dlogits, [&](size_t layer) {
+      if (first_layer) test_hooks::fail_at(test_hooks::Stage::kBackward);
+      first_layer = false;
       for (size_t k : params_of_layer_[layer]) reducer_.mark_ready(k);
     });
+    test_hooks::fail_at(test_hooks::Stage::kAllreduce);
     reducer_.finish();
     sgd_.step(lr);
   }
@@ -280,228 +245,310 @@ void agree(comm::Communicator& world, const std::function<void()>& body) {
   }
   double failed = error.empty() ? 0.0 : 1.0;
   world.allreduce_sum(&failed, 1);
-  if (!error.empty()) throw Error(error);
+  if (!error.empty()) throw AgreedError(error);
   if (failed > 0)
     throw PeerError(str_cat(static_cast<int>(failed), " other rank(s) failed; see their message"));
 }
 
-TrainResult run_training(const Config& config, comm::Communicator& world,
-                         const TrainOptions& options) {
-  const int threads = static_cast<int>(config.train.threads);
-  omp_set_num_threads(threads);  // our kernels' and oneDNN's GEMMs' threads
+namespace {
 
-  // A GPU may be missing on some hosts only.
-  if (config.device == Device::kCuda) agree(world, [] { require_cuda_device(); });
-
-  // Errors here depend only on the config, which every rank shares: they are raised on every
-  // rank before any collective, so no rank is left waiting.
-  std::unique_ptr<comm::Communicator> bn_group;
-  if (config.model.norm == Norm::kSyncBn)
-    bn_group = nn::make_bn_group(world, static_cast<int>(config.model.bn_group_size));
-  const data::Format format = data::parse_format(config.data.format);
-  const data::DatasetInfo info = data::dataset_info(format);
-  Sequential model = build_model(config, info, bn_group.get());
-
-  // Files may be missing or broken on some hosts only.
-  data::Dataset train_set, test_set;
-  agree(world, [&] {
-    train_set =
-        data::load_dataset(format, config.data.dir, data::Split::kTrain, config.data.train_limit);
-    test_set =
-        data::load_dataset(format, config.data.dir, data::Split::kTest, config.data.test_limit);
-    if (!options.init_from.empty()) load_weights(options.init_from, model);
-  });
-
-  std::vector<nn::ParamRef> params = model.parameters();
-  optim::SgdOptions sgd_options;
-  sgd_options.lr = config.train.lr;
-  sgd_options.momentum = config.train.momentum;
-  sgd_options.nesterov = config.train.nesterov;
-  sgd_options.weight_decay = config.train.weight_decay;
-  optim::SGD sgd(params, sgd_options);
-
-  data::LoaderOptions loader_options;
-  loader_options.global_batch = world.size() * config.train.per_rank_batch;
-  loader_options.seed = config.seed;
-  loader_options.shuffle = config.data.shuffle;
-  loader_options.augment = config.data.augment;
-  data::Loader loader(train_set, loader_options, world.rank(), world.size());
-  const int64_t steps_per_epoch = loader.steps_per_epoch();
-  const int64_t total_steps =
-      config.train.steps > 0 ? config.train.steps : config.train.epochs * steps_per_epoch;
-
-  optim::LrSchedule schedule;
-  schedule.kind = config.train.schedule;
-  schedule.base_lr = config.train.lr;
-  schedule.warmup_steps = config.train.warmup_steps;
-  schedule.total_steps = total_steps;
-  schedule.step_size = config.train.step_size;
-  schedule.gamma = config.train.gamma;
-  schedule.min_lr = config.train.min_lr;
-  if (const std::string note = schedule.fit_warmup_to_run(); !note.empty() && world.rank() == 0)
-    std::printf("note: %s\n", note.c_str());
-  schedule.validate();
-
-  TrainResult result;
-  const std::unique_ptr<StepBackend> backend =
-      config.device == Device::kCuda ? make_cuda_backend(config, info, model, sgd, world)
-                                     : make_cpu_backend(model, sgd, world);
-
-  // Resume: rank 0 reads the newest valid checkpoint and sends it to every rank; each restores
-  // it (the same bytes, so the same outcome everywhere).
-  coordinator::Client* coord = options.coordinator.get();
-  const bool checkpointing = coord != nullptr || !config.checkpoint.dir.empty();
-  SYNCBN_REQUIRE(!options.resume || checkpointing,
-                 "--resume needs a coordinator (--coordinator) or a checkpoint directory "
-                 "(--checkpoint-dir or checkpoint.dir)");
-  CheckpointDir checkpoints(config.checkpoint.dir, config.checkpoint.keep_last);
-  auto newest_checkpoint = [&](std::string* source) -> std::optional<std::vector<uint8_t>> {
-    if (coord == nullptr) return checkpoints.newest_valid(source);
-    std::optional<coordinator::Client::Checkpoint> c = coord->get_checkpoint(options.run_id);
-    if (!c) return std::nullopt;
-    *source = "checkpoint step " + std::to_string(c->meta.step) + " of run '" + options.run_id +
-              "' at " + coord->address();
-    return std::vector<uint8_t>(c->data.begin(), c->data.end());
-  };
-  int64_t start_step = 0;
-  if (options.resume) {
-    std::vector<uint8_t> payload;
-    std::string source;
+// One training run, in the order it happens: the constructor sets up (model, data, optimizer,
+// schedule, step backend; every error there is agreed), run() resumes, loops and finishes.
+class Trainer {
+ public:
+  Trainer(const Config& config, comm::Communicator& world, const TrainOptions& options)
+      : config_(config),
+        world_(world),
+        options_(options),
+        coord_(options.coordinator.get()),
+        checkpointing_(coord_ != nullptr || !config.checkpoint.dir.empty()),
+        local_bn_(config.model.norm == Norm::kBn),
+        checkpoints_(config.checkpoint.dir, config.checkpoint.keep_last) {
+    omp_set_num_threads(static_cast<int>(config.train.threads));  // ours and oneDNN's GEMMs'
+    // A GPU may be missing on some hosts only.
+    if (config.device == Device::kCuda) agree(world, [] { require_cuda_device(); });
+    // Errors that depend only on the config are raised by every rank before any collective.
     agree(world, [&] {
-      if (world.rank() == 0) payload = newest_checkpoint(&source).value_or(payload);
+      SYNCBN_REQUIRE(!options.resume || checkpointing_,
+                     "--resume needs a coordinator (--coordinator) or a checkpoint directory "
+                     "(--checkpoint-dir or checkpoint.dir)");
+      if (config.model.norm == Norm::kSyncBn)
+        bn_group_ = nn::make_bn_group(world, static_cast<int>(config.model.bn_group_size));
+      format_ = data::parse_format(config.data.format);
+      info_ = data::dataset_info(format_);
+      model_ = build_model(config, info_, bn_group_.get());
     });
-    int64_t size = static_cast<int64_t>(payload.size());
-    world.broadcast(&size, 1, 0);
-    payload.resize(static_cast<size_t>(size));
-    world.broadcast(payload.data(), size, 0);
-    if (size > 0) {
-      start_step = restore_checkpoint(payload, source.empty() ? "the checkpoint" : source, config,
-                                      world.size(), model, sgd);
-      SYNCBN_REQUIRE(start_step <= total_steps, "cannot resume: the checkpoint is at step ",
-                     start_step, ", beyond this run's ", total_steps, " steps");
-      if (world.rank() == 0)
-        std::printf("resuming from step %lld (%s)\n", static_cast<long long>(start_step),
-                    source.c_str());
-    } else if (world.rank() == 0) {
-      std::printf("no checkpoint in %s yet: starting from step 0\n", config.checkpoint.dir.c_str());
-    }
-  }
-  result.resumed_from = start_step;
-  backend->from_host();
-  // Local BN keeps per-rank running statistics; evaluation, checkpoints and export use rank 0's.
-  const bool local_bn = config.model.norm == Norm::kBn;
-  auto save_checkpoint = [&](int64_t step) {
-    backend->to_host();
-    if (local_bn) broadcast_buffers(model, world);
+    // Files may be missing or broken on some hosts only.
     agree(world, [&] {
-      if (world.rank() != 0) return;
+      train_set_ = data::load_dataset(format_, config.data.dir, data::Split::kTrain,
+                                      config.data.train_limit);
+      test_set_ =
+          data::load_dataset(format_, config.data.dir, data::Split::kTest, config.data.test_limit);
+      if (!options.init_from.empty()) load_weights(options.init_from, model_);
+    });
+    agree(world, [&] {
+      optim::SgdOptions sgd_options;
+      sgd_options.lr = config.train.lr;
+      sgd_options.momentum = config.train.momentum;
+      sgd_options.nesterov = config.train.nesterov;
+      sgd_options.weight_decay = config.train.weight_decay;
+      sgd_ = std::make_unique<optim::SGD>(model_.parameters(), sgd_options);
+
+      data::LoaderOptions loader_options;
+      loader_options.global_batch = world.size() * config.train.per_rank_batch;
+      loader_options.seed = config.seed;
+      loader_options.shuffle = config.data.shuffle;
+      loader_options.augment = config.data.augment;
+      loader_ =
+          std::make_unique<data::Loader>(train_set_, loader_options, world.rank(), world.size());
+      steps_per_epoch_ = loader_->steps_per_epoch();
+      total_steps_ =
+          config.train.steps > 0 ? config.train.steps : config.train.epochs * steps_per_epoch_;
+
+      schedule_.kind = config.train.schedule;
+      schedule_.base_lr = config.train.lr;
+      schedule_.warmup_steps = config.train.warmup_steps;
+      schedule_.total_steps = total_steps_;
+      schedule_.step_size = config.train.step_size;
+      schedule_.gamma = config.train.gamma;
+      schedule_.min_lr = config.train.min_lr;
+      if (const std::string note = schedule_.fit_warmup_to_run();
+          !note.empty() && world.rank() == 0)
+        std::printf("note: %s\n", note.c_str());
+      schedule_.validate();
+    });
+    backend_ = config.device == Device::kCuda
+                   ? make_cuda_backend(config, info_, model_, *sgd_, world)
+                   : make_cpu_backend(model_, *sgd_, world);
+    reporter_ = std::make_unique<Reporter>(world.rank() == 0, options.metrics_out, options.progress,
+                                           total_steps_);
+  }
+
+  TrainResult run() {
+    if (options_.resume) resume();
+    backend_->from_host();
+    agree(world_, [&] { test_hooks::configure(world_.rank(), options_.generation); });
+    window_start_ = Clock::now();
+    for (int64_t step = start_step_ + 1; step <= total_steps_; ++step) {
+      test_hooks::step_begins(step, step == start_step_ + 1);
+      train_step(step);
+      if (step % config_.train.log_every == 0 || step == total_steps_) report_train(step);
+      evaluated_last_ = eval_due(step);
+      if (evaluated_last_) evaluate_and_report(step);
+      if (checkpoint_due(step)) save_checkpoint(step);
+      heartbeat(step);
+      result_.steps = step;
+      test_hooks::step_done(step);
+    }
+    finish();
+    return result_;
+  }
+
+ private:
+  int64_t epoch_of(int64_t step) const { return (step - 1) / steps_per_epoch_; }
+
+  bool eval_due(int64_t step) const {
+    const int64_t every = config_.train.eval_every_epochs;
+    return step % steps_per_epoch_ == 0 && every > 0 && (epoch_of(step) + 1) % every == 0;
+  }
+
+  bool checkpoint_due(int64_t step) const {
+    const int64_t every = config_.checkpoint.every_steps;
+    return checkpointing_ && every > 0 && step % every == 0 && step < total_steps_;
+  }
+
+  // The batch of `step` (its position in the data order is a pure function of the step), then
+  // one step of the backend.
+  void train_step(int64_t step) {
+    const int64_t data_step = test_hooks::forget_position() ? step - start_step_ - 1 : step - 1;
+    const data::Batch batch =
+        loader_->batch(data_step / steps_per_epoch_, data_step % steps_per_epoch_);
+    last_lr_ = schedule_.lr_at(step);
+    backend_->step(batch, last_lr_);
+    last_global_batch_ = batch.global_batch_size;
+    window_images_ += static_cast<double>(batch.global_batch_size);
+    ++window_steps_;
+  }
+
+  // The global mean loss of the last step (one allreduce), throughput over the window since the
+  // last report, to the metrics file, the progress line and the coordinator.
+  void report_train(int64_t step) {
+    double loss = backend_->last_loss_sum();
+    world_.allreduce_sum(&loss, 1);
+    loss /= static_cast<double>(last_global_batch_);
+    const double seconds = std::chrono::duration<double>(Clock::now() - window_start_).count();
+    const double comm_seconds = backend_->sync_bn_comm_seconds();
+    reporter_->train(
+        step, epoch_of(step), loss, last_lr_, window_images_ / std::max(seconds, 1e-9),
+        1e3 * (comm_seconds - window_comm_start_) / static_cast<double>(window_steps_));
+    if (coord_ != nullptr && world_.rank() == 0) {
+      coordinator::MetricsReport report;
+      report.run_id = options_.run_id;
+      report.generation = options_.generation;
+      report.step = step;
+      report.values = {{"loss", loss}, {"lr", last_lr_}};
+      coord_->report_metrics(report);
+    }
+    window_images_ = 0;
+    window_start_ = Clock::now();
+    window_comm_start_ = comm_seconds;
+    window_steps_ = 0;
+  }
+
+  // The host model as every rank evaluates, checkpoints and exports it. Local BN keeps per-rank
+  // running statistics; rank 0's are used, as with PyTorch DDP's broadcast_buffers.
+  void sync_host_model() {
+    backend_->to_host();
+    if (local_bn_) broadcast_buffers(model_, world_);
+  }
+
+  void evaluate_and_report(int64_t step) {
+    sync_host_model();
+    const EvalResult r = evaluate(model_, test_set_, world_);
+    reporter_->eval(step, epoch_of(step), r);
+    result_.final_loss = r.loss;
+    result_.final_accuracy = r.accuracy;
+  }
+
+  void save_checkpoint(int64_t step) {
+    sync_host_model();
+    test_hooks::fail_at(test_hooks::Stage::kCheckpoint);
+    agree(world_, [&] {
+      if (world_.rank() != 0) return;
       const std::vector<uint8_t> payload =
-          encode_checkpoint(config, world.size(), step, steps_per_epoch, model, sgd);
-      if (coord == nullptr) {
-        checkpoints.save(step, payload);
+          encode_checkpoint(config_, world_.size(), step, steps_per_epoch_, model_, *sgd_);
+      if (coord_ == nullptr) {
+        checkpoints_.save(step, payload);
         return;
       }
       coordinator::CheckpointMeta meta;
-      meta.run_id = options.run_id;
+      meta.run_id = options_.run_id;
       meta.step = step;
-      meta.generation = options.generation;
-      meta.config_hash = config_hash(config);
-      meta.world_size = world.size();
+      meta.generation = options_.generation;
+      meta.config_hash = config_hash(config_);
+      meta.world_size = world_.size();
       meta.format_version = kCheckpointFormatVersion;
-      coord->put_checkpoint(
+      coord_->put_checkpoint(
           std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()), meta);
     });
-  };
+  }
+
   // Progress heartbeats (a rank that is alive but stuck shows as one whose step stops moving),
-  // at most about once a second; failures to reach the coordinator are retried by the client
-  // and become an error once it has been gone too long.
-  Clock::time_point last_heartbeat{};
-  auto heartbeat = [&](int64_t step) {
-    if (coord == nullptr || Clock::now() - last_heartbeat < std::chrono::seconds(1)) return;
-    coord->heartbeat({options.run_id, world.rank(), options.generation, step});
-    last_heartbeat = Clock::now();
-  };
-
-  Reporter reporter(world.rank() == 0, options.metrics_out, options.progress, total_steps);
-  auto run_eval = [&](int64_t step, int64_t epoch) {
-    backend->to_host();
-    if (local_bn) broadcast_buffers(model, world);
-    const EvalResult r = evaluate(model, test_set, world);
-    reporter.eval(step, epoch, r);
-    result.final_loss = r.loss;
-    result.final_accuracy = r.accuracy;
-  };
-
-  double window_images = 0;
-  Clock::time_point window_start = Clock::now();
-  double window_comm_start = 0;
-  int64_t window_steps = 0;
-  bool evaluated_last = false;
-  const TestHooks hooks = TestHooks::from_env(options.generation);
-  if (hooks.hang_step == start_step && world.rank() == hooks.hang_rank) {
-    for (;;) ::pause();  // stuck before the first step
+  // at most about once a second.
+  void heartbeat(int64_t step) {
+    if (coord_ == nullptr || Clock::now() - last_heartbeat_ < std::chrono::seconds(1)) return;
+    coord_->heartbeat({options_.run_id, world_.rank(), options_.generation, step});
+    last_heartbeat_ = Clock::now();
   }
-  for (int64_t step = start_step + 1; step <= total_steps; ++step) {
-    const int64_t epoch = (step - 1) / steps_per_epoch;
-    const int64_t in_epoch = (step - 1) % steps_per_epoch;
-    const int64_t data_step = hooks.forget_position ? step - start_step - 1 : step - 1;
-    const data::Batch batch =
-        loader.batch(data_step / steps_per_epoch, data_step % steps_per_epoch);
-    const double lr = schedule.lr_at(step);
 
-    backend->step(batch, lr);
-    window_images += static_cast<double>(batch.global_batch_size);
-    ++window_steps;
-
-    if (step % config.train.log_every == 0 || step == total_steps) {
-      double loss = backend->last_loss_sum();
-      world.allreduce_sum(&loss, 1);
-      loss /= static_cast<double>(batch.global_batch_size);
-      const double seconds = std::chrono::duration<double>(Clock::now() - window_start).count();
-      const double comm_seconds = backend->sync_bn_comm_seconds();
-      reporter.train(step, epoch, loss, lr, window_images / std::max(seconds, 1e-9),
-                     1e3 * (comm_seconds - window_comm_start) / static_cast<double>(window_steps));
-      if (coord != nullptr && world.rank() == 0) {
-        coordinator::MetricsReport report;
-        report.run_id = options.run_id;
-        report.generation = options.generation;
-        report.step = step;
-        report.values = {{"loss", loss}, {"lr", lr}};
-        coord->report_metrics(report);
-      }
-      window_images = 0;
-      window_start = Clock::now();
-      window_comm_start = comm_seconds;
-      window_steps = 0;
+  // Rank 0 reads the newest valid checkpoint and sends it to every rank; each restores it (the
+  // same bytes, so the same outcome everywhere).
+  void resume() {
+    std::vector<uint8_t> payload;
+    std::string source;
+    agree(world_, [&] {
+      if (world_.rank() == 0) payload = newest_checkpoint(&source).value_or(payload);
+    });
+    int64_t size = static_cast<int64_t>(payload.size());
+    world_.broadcast(&size, 1, 0);
+    payload.resize(static_cast<size_t>(size));
+    world_.broadcast(payload.data(), size, 0);
+    if (size == 0) {
+      if (world_.rank() == 0)
+        std::printf("no checkpoint in %s yet: starting from step 0\n",
+                    coord_ != nullptr ? coord_->address().c_str() : config_.checkpoint.dir.c_str());
+      return;
     }
-    evaluated_last = false;
-    const bool epoch_end = in_epoch == steps_per_epoch - 1;
-    if (epoch_end && config.train.eval_every_epochs > 0 &&
-        (epoch + 1) % config.train.eval_every_epochs == 0) {
-      run_eval(step, epoch);
-      evaluated_last = true;
-    }
-    result.steps = step;
-    if (checkpointing && config.checkpoint.every_steps > 0 &&
-        step % config.checkpoint.every_steps == 0 && step < total_steps) {
-      save_checkpoint(step);
-    }
-    heartbeat(step);
-    if (step == hooks.kill_step && world.rank() == hooks.kill_rank) ::raise(SIGKILL);
-    if (hooks.step_sleep_ms > 0) ::usleep(static_cast<useconds_t>(hooks.step_sleep_ms * 1000));
-    if (step == hooks.hang_step && world.rank() == hooks.hang_rank) {
-      for (;;) ::pause();
-    }
+    agree(world_, [&] {
+      start_step_ = restore_checkpoint(payload, source.empty() ? "the checkpoint" : source, config_,
+                                       world_.size(), model_, *sgd_);
+      SYNCBN_REQUIRE(start_step_ <= total_steps_, "cannot resume: the checkpoint is at step ",
+                     start_step_, ", beyond this run's ", total_steps_, " steps");
+    });
+    result_.resumed_from = start_step_;
+    if (world_.rank() == 0)
+      std::printf("resuming from step %lld (%s)\n", static_cast<long long>(start_step_),
+                  source.c_str());
   }
-  if (!evaluated_last) run_eval(total_steps, (total_steps - 1) / steps_per_epoch);
-  backend->to_host();
-  if (local_bn) broadcast_buffers(model, world);
-  if (checkpointing && result.steps > start_step) save_checkpoint(total_steps);
-  agree(world, [&] {
-    if (!options.export_weights.empty() && world.rank() == 0)
-      save_weights(options.export_weights, model);
-  });
-  return result;
+
+  std::optional<std::vector<uint8_t>> newest_checkpoint(std::string* source) {
+    if (coord_ == nullptr) return checkpoints_.newest_valid(source);
+    std::optional<coordinator::Client::Checkpoint> c = coord_->get_checkpoint(options_.run_id);
+    if (!c) return std::nullopt;
+    *source = "checkpoint step " + std::to_string(c->meta.step) + " of run '" + options_.run_id +
+              "' at " + coord_->address();
+    return std::vector<uint8_t>(c->data.begin(), c->data.end());
+  }
+
+  // The last evaluation (unless the loop just did it), the final checkpoint and the weights.
+  void finish() {
+    if (!evaluated_last_) evaluate_and_report(total_steps_);
+    sync_host_model();
+    if (checkpointing_ && result_.steps > start_step_) save_checkpoint(total_steps_);
+    agree(world_, [&] {
+      if (!options_.export_weights.empty() && world_.rank() == 0)
+        save_weights(options_.export_weights, model_);
+    });
+  }
+
+  const Config& config_;
+  comm::Communicator& world_;
+  const TrainOptions& options_;
+  coordinator::Client* coord_;
+  const bool checkpointing_;
+  const bool local_bn_;
+  CheckpointDir checkpoints_;
+
+  std::unique_ptr<comm::Communicator> bn_group_;
+  data::Format format_{};
+  data::DatasetInfo info_;
+  Sequential model_;
+  data::Dataset train_set_, test_set_;
+  std::unique_ptr<optim::SGD> sgd_;
+  std::unique_ptr<data::Loader> loader_;
+  optim::LrSchedule schedule_;
+  int64_t steps_per_epoch_ = 0;
+  int64_t total_steps_ = 0;
+  std::unique_ptr<StepBackend> backend_;
+  std::unique_ptr<Reporter> reporter_;
+
+  int64_t start_step_ = 0;
+  TrainResult result_;
+  bool evaluated_last_ = false;
+  double last_lr_ = 0;
+  int64_t last_global_batch_ = 1;
+  double window_images_ = 0;
+  Clock::time_point window_start_;
+  double window_comm_start_ = 0;
+  int64_t window_steps_ = 0;
+  Clock::time_point last_heartbeat_{};
+};
+
+}  // namespace
+
+TrainResult run_training(const Config& config, comm::Communicator& world,
+                         const TrainOptions& options) {
+  // No hang, ever (DESIGN.md §4). An error every rank raises together goes through agree() and
+  // ends every rank with AgreedError or PeerError: a clean exit. Any other error is seen by this
+  // rank alone while the others wait (or soon will) in a collective that can never complete:
+  // report it and MPI_Abort, which makes mpirun end every rank within seconds. This must happen
+  // before the Trainer is destroyed: its destructors would wait for collectives in flight.
+  std::unique_ptr<Trainer> trainer;
+  try {
+    trainer = std::make_unique<Trainer>(config, world, options);
+    return trainer->run();
+  } catch (const AgreedError&) {
+    throw;
+  } catch (const PeerError&) {
+    throw;
+  } catch (const std::exception& e) {
+    if (world.size() == 1) throw;
+    std::fprintf(stderr, "syncbn train: [rank %d] error: %s\n", world.rank(), e.what());
+    std::fprintf(stderr,
+                 "syncbn train: [rank %d] this error is on this rank only: aborting the job\n",
+                 world.rank());
+    comm::abort_world(1);
+  }
 }
 
 }  // namespace syncbn::train
