@@ -417,10 +417,9 @@ void serialize_to(const Value& v, std::string& out) {
     case Value::Kind::kInt:
       out += std::to_string(v.as_int());
       return;
-    case Value::Kind::kDouble: {
+    case Value::Kind::kDouble: {  // the shortest text that reads back as the same double
       char buf[32];
-      std::snprintf(buf, sizeof(buf), "%.17g", v.as_double());
-      out += buf;
+      out.append(buf, std::to_chars(buf, buf + sizeof(buf), v.as_double()).ptr);
       return;
     }
     case Value::Kind::kString:

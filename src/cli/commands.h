@@ -17,5 +17,5 @@ int status_command(int argc, char** argv);
 int ckpt_command(int argc, char** argv);
 
 // `syncbn study --config FILE --out DIR [--dry-run] [--mpirun PATH]`: the batch-size study
-// (study_command.cc, train/study.h).
+// (study_command.cc, src/study).
 int study_command(int argc, char** argv);

@@ -1,5 +1,5 @@
 // `syncbn study --config FILE --out DIR [--dry-run] [--mpirun PATH]`: the batch-size study
-// (train/study.h). Not run under mpirun itself: it launches one `mpirun ... syncbn train` per run.
+// (src/study). Not run under mpirun itself: it launches one `mpirun ... syncbn train` per run.
 #include <unistd.h>
 
 #include <climits>
@@ -9,7 +9,8 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "train/study.h"
+#include "study/config.h"
+#include "study/runner.h"
 
 namespace {
 
@@ -37,7 +38,7 @@ std::string self_executable() {
 
 int study_command(int argc, char** argv) {
   std::string config_path;
-  syncbn::train::StudyOptions options;
+  syncbn::study::StudyOptions options;
   for (int i = 2; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "-h" || flag == "--help") {
@@ -67,10 +68,10 @@ int study_command(int argc, char** argv) {
   }
   try {
     options.train_binary = self_executable();
-    const syncbn::train::StudyConfig study = syncbn::train::load_study_config(config_path);
-    syncbn::train::run_study(study, options);
+    const syncbn::study::StudyConfig study = syncbn::study::load_study_config(config_path);
+    syncbn::study::run_study(study, options);
     return 0;
-  } catch (const syncbn::train::StudyInterrupted& e) {
+  } catch (const syncbn::study::StudyInterrupted& e) {
     std::fprintf(stderr, "syncbn study: %s\n", e.what());
     return 128 + e.signal_number();
   } catch (const syncbn::Error& e) {

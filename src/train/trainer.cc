@@ -21,6 +21,7 @@
 #include "optim/sgd.h"
 #include "train/checkpoint.h"
 #include "train/grad_reducer.h"
+#include "train/metrics.h"
 #include "train/model.h"
 #include "train/step_backend.h"
 #include "train/test_hooks.h"
@@ -99,13 +100,13 @@ class Reporter {
   void train(int64_t step, int64_t epoch, double loss, double lr, double images_per_s,
              double sync_bn_comm_ms) {
     if (!active_) return;
-    char line[320];
-    std::snprintf(line, sizeof(line),
-                  "{\"kind\":\"train\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"lr\":%.9g,"
-                  "\"images_per_s\":%.1f,\"sync_bn_comm_ms\":%.4f}",
-                  static_cast<long long>(step), static_cast<long long>(epoch), loss, lr,
-                  images_per_s, sync_bn_comm_ms);
-    write(line);
+    write({.kind = MetricsRecord::Kind::kTrain,
+           .step = step,
+           .epoch = epoch,
+           .loss = loss,
+           .lr = lr,
+           .images_per_s = images_per_s,
+           .sync_bn_comm_ms = sync_bn_comm_ms});
     if (!progress_) return;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
     const double eta =
@@ -130,12 +131,11 @@ class Reporter {
 
   void eval(int64_t step, int64_t epoch, const EvalResult& r) {
     if (!active_) return;
-    char line[256];
-    std::snprintf(
-        line, sizeof(line),
-        "{\"kind\":\"eval\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.9g,\"accuracy\":%.9g}",
-        static_cast<long long>(step), static_cast<long long>(epoch), r.loss, r.accuracy);
-    write(line);
+    write({.kind = MetricsRecord::Kind::kEval,
+           .step = step,
+           .epoch = epoch,
+           .loss = r.loss,
+           .accuracy = r.accuracy});
     if (progress_) {
       std::printf("%seval step %lld epoch %lld: test loss %.4f, accuracy %.2f%%\n",
                   tty_ ? "\n" : "", static_cast<long long>(step), static_cast<long long>(epoch),
@@ -145,9 +145,9 @@ class Reporter {
   }
 
  private:
-  void write(const char* line) {
+  void write(const MetricsRecord& record) {
     if (!metrics_.is_open()) return;
-    metrics_ << line << '\n';
+    metrics_ << metrics_line(record) << '\n';
     metrics_.flush();
   }
 

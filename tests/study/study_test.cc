@@ -1,7 +1,5 @@
 // The pure parts of the batch-size study: config validation, the run list and its configs,
 // resume keys, results.csv, metrics parsing, mean/std, the Markdown table, the SVG and the PNG.
-#include "train/study.h"
-
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -10,9 +8,19 @@
 #include <vector>
 
 #include "../common/test_util.h"
+#include "study/config.h"
+#include "study/results_csv.h"
+#include "study/run_metrics.h"
+#include "study/runs.h"
+#include "study/summary.h"
 
-namespace syncbn::train {
+namespace syncbn::study {
 namespace {
+
+using train::Config;
+using train::Norm;
+using train::parse_config;
+using train::to_yaml;
 
 using syncbn::testing::expect_error;
 using syncbn::testing::read_file;
@@ -420,4 +428,4 @@ TEST(Plot, PngIsAValidRenderingOfTheSvg) {
 }
 
 }  // namespace
-}  // namespace syncbn::train
+}  // namespace syncbn::study
