@@ -256,7 +256,14 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   MapReader data(top.child("data"), "data",
                  {"format", "dir", "train_limit", "test_limit", "shuffle", "augment"});
   data.read("format", c.data.format, "a dataset format");
-  require_choice("data.format", c.data.format, {"fashion_mnist"});
+  require_choice("data.format", c.data.format, {"cifar10", "fashion_mnist"});
+  const YAML::Node dir = data.child("dir");
+  // The default dir is where Debian's dataset-fashion-mnist puts its files; CIFAR-10 has no
+  // standard place.
+  SYNCBN_REQUIRE(c.data.format != "cifar10" || (dir && !dir.IsNull()),
+                 "config key 'data.dir' must be set with data.format: cifar10, to the "
+                 "cifar-10-batches-bin directory of CIFAR-10's binary version (data_batch_1.bin .. "
+                 "data_batch_5.bin, test_batch.bin)");
   data.read("dir", c.data.dir, "a directory path");
   data.read("train_limit", c.data.train_limit, "an integer (0 = all)");
   data.read("test_limit", c.data.test_limit, "an integer (0 = all)");

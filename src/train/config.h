@@ -46,7 +46,8 @@ struct Config {
   // Where each rank trains: cpu, or cuda (one GPU per rank; train/step_backend.h).
   Device device = Device::kCpu;
   struct Data {
-    std::string format = "fashion_mnist";  // the files in dir: fashion_mnist (data/dataset.h)
+    std::string format =
+        "fashion_mnist";  // the files in dir: fashion_mnist, cifar10 (data/dataset.h)
     std::string dir = "/usr/share/datasets/fashion-mnist";
     int64_t train_limit = 0;  // 0 = all
     int64_t test_limit = 0;   // 0 = all (evaluation on the first test_limit test images)

@@ -149,7 +149,15 @@ TEST(Config, DataFormat) {
   EXPECT_NE(to_yaml(c).find("format: fashion_mnist"), std::string::npos);
   EXPECT_EQ(parse_config(to_yaml(c)).data.format, "fashion_mnist");
   expect_error([] { parse_config(kMinimal, {"data.format=mnist"}); },
-               "config key 'data.format' must be one of fashion_mnist, got 'mnist'");
+               "config key 'data.format' must be one of cifar10, fashion_mnist, got 'mnist'");
+  const Config cifar = parse_config(kMinimal, {"data.format=cifar10", "data.dir=/data/cifar"});
+  EXPECT_EQ(cifar.data.format, "cifar10");
+  EXPECT_EQ(parse_config(to_yaml(cifar)).data.format, "cifar10");
+  Config same_dir = c;
+  same_dir.data.dir = "/data/cifar";
+  EXPECT_NE(config_hash(cifar), config_hash(same_dir));  // the format alone changes the hash
+  expect_error([] { parse_config(kMinimal, {"data.format=cifar10"}); },
+               "config key 'data.dir' must be set with data.format: cifar10");
 }
 
 TEST(Config, CanonicalYamlRoundTripsAndHashesTheEffectiveConfig) {

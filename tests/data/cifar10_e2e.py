@@ -1,0 +1,146 @@
+#!/usr/bin/python3
+"""`syncbn train` on CIFAR-10-format files that this script writes, under mpirun (CTest, label e2e).
+
+  cifar10_e2e.py BIN train    a tiny learnable set in the binary format: 2 ranks x 8 with SyncBN
+                              equal 1 rank x 16 with BN step by step (augmentation on), the model
+                              takes 3x32x32 inputs; over 60 steps the loss falls and the test
+                              accuracy is far above chance
+  cifar10_e2e.py BIN errors   a file of the wrong size, a truncated file, a label out of range, a
+                              missing directory, the Python version, no data.dir: every rank
+                              prints the error naming the file, non-zero exit, no hang
+
+The base config is configs/ci_tiny.yaml (through tests/train/e2e.py's helpers).
+"""
+import os
+import random
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train"))
+import e2e  # noqa: E402
+
+RECORD = 3073  # 1 label byte + 3 x 32 x 32 pixel bytes (CHW)
+
+
+def sample(label, rng):
+    """One 3x32x32 image: noise, plus a bright 12x12 block in channel label % 3 at quadrant
+    label // 3 (0..3), so that the class can be learned and survives a crop of 4 pixels."""
+    pixels = bytearray(rng.randrange(0, 128) for _ in range(3 * 32 * 32))
+    channel, quadrant = label % 3, label // 3
+    top, left = 16 * (quadrant // 2) + 2, 16 * (quadrant % 2) + 2
+    for y in range(top, top + 12):
+        for x in range(left, left + 12):
+            pixels[channel * 1024 + y * 32 + x] = 255
+    return bytes([label]) + bytes(pixels)
+
+
+def write_set(directory, per_train_file=64, test_records=200, seed=0):
+    os.makedirs(directory, exist_ok=True)
+    rng = random.Random(seed)
+    names = [f"data_batch_{k}.bin" for k in range(1, 6)]
+    counts = [per_train_file] * 5
+    for name, count in zip(names + ["test_batch.bin"], counts + [test_records]):
+        with open(os.path.join(directory, name), "wb") as f:
+            for _ in range(count):
+                f.write(sample(rng.randrange(10), rng))
+    return directory
+
+
+def cifar_sets(directory):
+    return ["data.format=cifar10", f"data.dir={directory}", "data.train_limit=0",
+            "data.test_limit=0"]
+
+
+def train(binary, out):
+    data = write_set(os.path.join(out, "cifar"))
+    base = cifar_sets(data) + ["data.augment=true", "data.shuffle=true", "train.log_every=1",
+                               "train.warmup_steps=0"]
+    # The exact global batch: as tests/train/e2e.py's equivalence check, on 3x32x32 inputs.
+    short = base + ["train.steps=20", e2e.EQUIVALENCE_LR]
+    ma, wa, _ = e2e.train(binary, 2, out, "cifar_np2", short + ["model.norm=syncbn",
+                                                                 "train.per_rank_batch=8"])
+    mb, wb, _ = e2e.train(binary, 1, out, "cifar_np1", short + ["model.norm=bn",
+                                                                 "train.per_rank_batch=16"])
+    e2e.compare_runs(ma, wa, mb, wb, 1e-4, "cifar10 20 steps: np2x8 syncbn vs np1x16 bn",
+                     weight_tol=1e-2)
+    first_conv = e2e.read_safetensors(wa)["0.weight"][0]
+    if first_conv[1] != 3:
+        sys.exit(f"train: the first conv has shape {first_conv}; expected 3 input channels")
+    # It learns: 60 steps (3 epochs of 320 images) with SyncBN on 2 ranks.
+    m, _, _ = e2e.train(binary, 2, out, "cifar_learn",
+                        base + ["train.steps=60", "train.lr=0.05", "model.norm=syncbn",
+                                "train.per_rank_batch=8"])
+    metrics = e2e.read_metrics(m)
+    losses = [r["loss"] for r in metrics if r["kind"] == "train"]
+    evals = [r for r in metrics if r["kind"] == "eval"]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    if not last < 0.7 * first:
+        sys.exit(f"train: the loss did not fall: mean of the first 5 steps {first:.3f}, "
+                 f"of the last 5 {last:.3f}")
+    if not evals or evals[-1]["accuracy"] < 0.5:
+        sys.exit(f"train: test accuracy {evals[-1]['accuracy'] if evals else None}; expected "
+                 f">= 0.5 (chance is 0.1)")
+    print(f"train: first conv {first_conv}, loss {first:.3f} -> {last:.3f} over 60 steps, "
+          f"test accuracy {evals[-1]['accuracy']:.3f} on 200 images")
+
+
+def expect_every_rank(binary, out, name, sets, fragments, np_=2):
+    _, _, proc = e2e.train(binary, np_, out, name, sets, check=False, timeout=120)
+    text = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        sys.exit(f"errors/{name}: exited 0; expected a failure mentioning {fragments}")
+    if "MPI_ABORT" in text or "Signal:" in text:
+        sys.exit(f"errors/{name}: an abort instead of a clean exit:\n{text}")
+    for rank in range(np_):
+        lines = [l for l in text.splitlines() if f"[rank {rank}] error:" in l]
+        if not any(all(f in l for f in fragments) for l in lines):
+            sys.exit(f"errors/{name}: rank {rank} did not say {fragments}:\n{text}")
+    print(f"errors/{name}: exit {proc.returncode}, all {np_} ranks said {fragments}")
+
+
+def errors(binary, out):
+    good = write_set(os.path.join(out, "good"), per_train_file=4, test_records=4)
+
+    def broken(name, file, data):
+        d = os.path.join(out, name)
+        shutil.copytree(good, d)
+        with open(os.path.join(d, file), "wb") as f:
+            f.write(data)
+        return d
+
+    with open(os.path.join(good, "data_batch_2.bin"), "rb") as f:
+        batch2 = f.read()
+    # CIFAR-100's records carry two label bytes: 4 of them are 12296 bytes.
+    d = broken("wrong_size", "data_batch_2.bin", bytes(4 * 3074))
+    expect_every_rank(binary, out, "wrong_size", cifar_sets(d),
+                      [os.path.join(d, "data_batch_2.bin"), "12296 bytes is not a whole number"])
+    d = broken("truncated", "test_batch.bin", batch2[:RECORD + 100])
+    expect_every_rank(binary, out, "truncated", cifar_sets(d),
+                      [os.path.join(d, "test_batch.bin"), "1 records and 100 bytes over",
+                       "truncated"])
+    d = broken("bad_label", "data_batch_5.bin", batch2[:2 * RECORD] + b"\x0a" + batch2[2 * RECORD + 1:])
+    expect_every_rank(binary, out, "bad_label", cifar_sets(d),
+                      [os.path.join(d, "data_batch_5.bin"), "label 10 of record 2",
+                       "expected 0..9"], np_=3)
+    expect_every_rank(binary, out, "missing_dir", cifar_sets("/nonexistent/cifar"),
+                      ["/nonexistent/cifar", "does not exist", "cifar-10-binary.tar.gz"])
+    python = os.path.join(out, "python_version")
+    os.makedirs(python)
+    for name in ["data_batch_%d" % k for k in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(os.path.join(python, name), "wb") as f:
+            f.write(b"\x80\x02")
+    expect_every_rank(binary, out, "python_version", cifar_sets(python),
+                      ["data_batch_1.bin: no such file", "the Python version"])
+    expect_every_rank(binary, out, "no_dir", ["data.format=cifar10"],
+                      ["config key 'data.dir' must be set with data.format: cifar10"])
+
+
+def main():
+    binary, check = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory(prefix="syncbn-cifar10-") as out:
+        {"train": train, "errors": errors}[check](binary, out)
+
+
+if __name__ == "__main__":
+    main()
