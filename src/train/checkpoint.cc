@@ -69,6 +69,7 @@ void check_compatible(const Config& saved, const Config& now, int64_t saved_glob
   Config a = saved, b = now;  // compare the layer lists through their canonical form
   a.train = b.train = Config::Train{};
   a.data = b.data = Config::Data{};
+  a.checkpoint = b.checkpoint = Config::Checkpoint{};  // where and how often to save may change
   a.seed = b.seed = 0;
   a.model.bn_group_size = b.model.bn_group_size = 0;
   differ("model (layers)", to_yaml(a), to_yaml(b));

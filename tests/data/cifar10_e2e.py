@@ -5,6 +5,10 @@
                               equal 1 rank x 16 with BN step by step (augmentation on), the model
                               takes 3x32x32 inputs; over 60 steps the loss falls and the test
                               accuracy is far above chance
+  cifar10_e2e.py BIN resume   a rank killed after an epoch boundary, relaunched with --resume
+                              (and another checkpoint.every_steps): weights byte-identical to
+                              an uninterrupted run; resuming the
+                              checkpoint with another data.format is refused on every rank
   cifar10_e2e.py BIN errors   a file of the wrong size, a truncated file, a label out of range, a
                               missing directory, the Python version, no data.dir: every rank
                               prints the error naming the file, non-zero exit, no hang
@@ -85,8 +89,28 @@ def train(binary, out):
           f"test accuracy {evals[-1]['accuracy']:.3f} on 200 images")
 
 
-def expect_every_rank(binary, out, name, sets, fragments, np_=2):
-    _, _, proc = e2e.train(binary, np_, out, name, sets, check=False, timeout=120)
+def resume(binary, out):
+    data = write_set(os.path.join(out, "cifar"))
+    # 320 images in global batches of 16: the kill at step 22 is after the epoch boundary (20).
+    base = cifar_sets(data) + ["data.augment=true", "train.steps=28", "checkpoint.every_steps=4",
+                               "train.log_every=1"]
+    _, whole, _ = e2e.train(binary, 2, out, "whole", base)
+    # The relaunch also saves less often, which does not change the training.
+    _, w, saved = e2e.killed_then_resumed(binary, out, "killed", 2, base, 22, 1,
+                                          resume_sets=["checkpoint.every_steps=10"])
+    if not e2e.same_bytes(w, whole):
+        sys.exit(f"resume: weights differ from the uninterrupted run (checkpoints {saved})")
+    print(f"resume: rank 1 killed after step 22, resumed from {saved[-1]} with another "
+          "checkpoint.every_steps: weights byte-identical to the uninterrupted run")
+    # The checkpoint remembers the format: resuming it on another data set is refused.
+    ck = [f"checkpoint.dir={os.path.join(out, 'killed_ck')}", "train.steps=28",
+          "checkpoint.every_steps=4"]
+    expect_every_rank(binary, out, "resume_other_format", ck, [
+        "data.format differs (checkpoint: cifar10, now: fashion_mnist)"], extra=["--resume"])
+
+
+def expect_every_rank(binary, out, name, sets, fragments, np_=2, extra=()):
+    _, _, proc = e2e.train(binary, np_, out, name, sets, extra, check=False, timeout=120)
     text = proc.stdout + proc.stderr
     if proc.returncode == 0:
         sys.exit(f"errors/{name}: exited 0; expected a failure mentioning {fragments}")
@@ -139,7 +163,7 @@ def errors(binary, out):
 def main():
     binary, check = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="syncbn-cifar10-") as out:
-        {"train": train, "errors": errors}[check](binary, out)
+        {"train": train, "resume": resume, "errors": errors}[check](binary, out)
 
 
 if __name__ == "__main__":
