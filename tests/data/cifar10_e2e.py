@@ -4,7 +4,9 @@
   cifar10_e2e.py BIN train    a tiny learnable set in the binary format: 2 ranks x 8 with SyncBN
                               equal 1 rank x 16 with BN step by step (augmentation on), the model
                               takes 3x32x32 inputs; over 60 steps the loss falls and the test
-                              accuracy is far above chance
+                              accuracy is far above chance; PyTorch, given the exported weights
+                              and the test file normalized on its own, gets the same test loss
+                              and accuracy
   cifar10_e2e.py BIN resume   a rank killed after an epoch boundary, relaunched with --resume
                               (and another checkpoint.every_steps): weights byte-identical to
                               an uninterrupted run; resuming the
@@ -72,7 +74,7 @@ def train(binary, out):
     if first_conv[1] != 3:
         sys.exit(f"train: the first conv has shape {first_conv}; expected 3 input channels")
     # It learns: 60 steps (3 epochs of 320 images) with SyncBN on 2 ranks.
-    m, _, _ = e2e.train(binary, 2, out, "cifar_learn",
+    m, weights, _ = e2e.train(binary, 2, out, "cifar_learn",
                         base + ["train.steps=60", "train.lr=0.05", "model.norm=syncbn",
                                 "train.per_rank_batch=8"])
     metrics = e2e.read_metrics(m)
@@ -87,6 +89,37 @@ def train(binary, out):
                  f">= 0.5 (chance is 0.1)")
     print(f"train: first conv {first_conv}, loss {first:.3f} -> {last:.3f} over 60 steps, "
           f"test accuracy {evals[-1]['accuracy']:.3f} on 200 images")
+    torch_eval(binary, data, weights, evals[-1])
+
+
+def torch_eval(binary, data, weights, ours):
+    """The exported weights in the PyTorch model `syncbn model --torch` prints, on test_batch.bin
+    read and normalized here: the same test loss and accuracy as our evaluation."""
+    import subprocess
+    import torch
+    code = subprocess.run([binary, "model", "--config", e2e.CONFIG, "--set", "data.format=cifar10",
+                           "--set", f"data.dir={data}", "--torch"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    model = eval(code, {"torch": torch})
+    state = {name: torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float)
+                                else torch.int64).reshape(shape)
+             for name, (shape, values) in e2e.read_safetensors(weights).items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    with open(os.path.join(data, "test_batch.bin"), "rb") as f:
+        records = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).reshape(-1, RECORD)
+    labels = records[:, 0].long()
+    images = records[:, 1:].reshape(-1, 3, 32, 32).float() / 255.0
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).reshape(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((images - mean) / std)
+    loss = float(torch.nn.functional.cross_entropy(logits.double(), labels))
+    accuracy = int((logits.argmax(1) == labels).sum()) / len(labels)
+    print(f"torch_eval: weights loaded strictly; test loss ours {ours['loss']:.6f}, torch "
+          f"{loss:.6f}; accuracy ours {ours['accuracy']:.3f}, torch {accuracy:.3f}")
+    if abs(ours["loss"] - loss) > 1e-4 * loss or abs(ours["accuracy"] - accuracy) > 1.5 / len(labels):
+        sys.exit("torch_eval: our evaluation and PyTorch's disagree")
 
 
 def resume(binary, out):
