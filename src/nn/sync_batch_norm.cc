@@ -9,8 +9,15 @@
 namespace syncbn::nn {
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+// One of the layer's collectives, timed and counted.
+void allreduce_counted(comm::Communicator& group, double* payload, int64_t size,
+                       SyncBnCounters& counters, int64_t& collectives, int64_t& bytes) {
+  const auto start = std::chrono::steady_clock::now();
+  group.allreduce_sum(payload, size);
+  counters.comm_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ++collectives;
+  bytes += size * static_cast<int64_t>(sizeof(double));
 }
 
 }  // namespace
@@ -79,53 +86,34 @@ Tensor SyncBatchNorm::forward(const Tensor& x, bool training) {
     return norm::batch_norm_forward(x, state(), bn_options, /*training=*/false, &saved_);
   }
 
-  // Stage 1 (local) and the one collective: [n, Σx (C), Σx² (C)] in float64.
-  std::vector<double> payload(2 * C + 1);
-  norm::bn_stats(x.data(), g, payload.data() + 1, payload.data() + 1 + C);
+  // The pipeline of norm.h; its one collective carries the count slot (nn/count_slot.h).
   const slot::Layout layout = slot::layout(group_->size());
   SYNCBN_REQUIRE(slot::count_fits(g.count(), group_->size()), "SyncBatchNorm '", name_,
                  "': ", g.count(), " values per channel on one rank is too many");
-  payload[0] = slot::encode(g.count(), slot::layer_tag(name_, calls_, C), layout);
-  const auto comm_start = std::chrono::steady_clock::now();
-  group_->allreduce_sum(payload.data(), static_cast<int64_t>(payload.size()));
-  counters_.comm_seconds += seconds_since(comm_start);
-  ++counters_.forward_collectives;
-  counters_.forward_bytes += static_cast<int64_t>(payload.size() * sizeof(double));
-  ++calls_;
-
-  const slot::Decoded reduced = slot::decode(payload[0], layout, group_->size());
-  SYNCBN_REQUIRE(reduced.same_layer, "SyncBatchNorm '", name_, "' (forward call ", calls_,
-                 ", C=", C,
-                 "): the ranks of the BN group are not all in the same layer; they called "
-                 "SyncBN layers in a different order or with different channel counts");
-  const int64_t count = reduced.count;
-  SYNCBN_REQUIRE(count > 1, "Expected more than 1 value per channel when training, got input size ",
-                 shape_to_string(x.shape()), " on rank ", group_->rank(), " (", count,
-                 " values per channel over the BN group of ", group_->size(), " ranks)");
-
-  // Stage 2 and 3: global statistics, running update (identical on every rank), normalize.
-  std::vector<double> mean(C), var(C);
-  norm::bn_gather_stats(C, count, payload.data() + 1, payload.data() + 1 + C, mean.data(),
-                        var.data());
+  const norm::BnReduce reduce = [&](double* payload, int64_t size) {
+    payload[0] = slot::encode(g.count(), slot::layer_tag(name_, calls_, C), layout);
+    allreduce_counted(*group_, payload, size, counters_, counters_.forward_collectives,
+                      counters_.forward_bytes);
+    ++calls_;
+    const slot::Decoded reduced = slot::decode(payload[0], layout, group_->size());
+    SYNCBN_REQUIRE(reduced.same_layer, "SyncBatchNorm '", name_, "' (forward call ", calls_,
+                   ", C=", C,
+                   "): the ranks of the BN group are not all in the same layer; they called "
+                   "SyncBN layers in a different order or with different channel counts");
+    SYNCBN_REQUIRE(reduced.count > 1,
+                   "Expected more than 1 value per channel when training, got input size ",
+                   shape_to_string(x.shape()), " on rank ", group_->rank(), " (", reduced.count,
+                   " values per channel over the BN group of ", group_->size(), " ranks)");
+    return reduced.count;
+  };
+  norm::BnRunning running;
   if (training && options_.track_running_stats) {
-    ++num_batches_tracked_;
-    const double factor =
-        options_.momentum ? *options_.momentum : 1.0 / static_cast<double>(num_batches_tracked_);
-    norm::bn_update_running(C, count, factor, mean.data(), var.data(), running_mean_.data(),
-                            running_var_.data());
-  }
-  saved_.count = count;
-  saved_.batch_stats = true;
-  saved_.mean.resize(C);
-  saved_.invstd.resize(C);
-  for (int64_t c = 0; c < C; ++c) {
-    saved_.mean[c] = static_cast<float>(mean[c]);
-    saved_.invstd[c] = static_cast<float>(1.0 / std::sqrt(var[c] + options_.eps));
+    running = {running_mean_.data(), running_var_.data(), options_.momentum, &num_batches_tracked_};
   }
   Tensor y = Tensor::empty(x.shape(), x.format());
-  norm::bn_elemt(x.data(), g, saved_.mean.data(), saved_.invstd.data(),
-                 options_.affine ? weight_.data() : nullptr,
-                 options_.affine ? bias_.data() : nullptr, y.data());
+  norm::bn_forward_batch_stats(x.data(), g, options_.eps, running,
+                               options_.affine ? weight_.data() : nullptr,
+                               options_.affine ? bias_.data() : nullptr, reduce, &saved_, y.data());
   saved_x_ = x;
   have_saved_ = true;
   return y;
@@ -138,34 +126,16 @@ Tensor SyncBatchNorm::backward(const Tensor& dy) {
   SYNCBN_REQUIRE(dy.shape() == x.shape() && dy.format() == x.format(), "SyncBatchNorm '", name_,
                  "': grad_output of size ", shape_to_string(dy.shape()),
                  " does not match input of size ", shape_to_string(x.shape()));
-  const int64_t C = options_.num_features;
-
-  // Stage 4 (local): [sum_dy (C), sum_dy_xmu (C)]; dγ, dβ from the local part.
-  std::vector<double> payload(2 * C);
-  norm::bn_backward_reduce(dy.data(), x.data(), g, saved_.mean.data(), payload.data(),
-                           payload.data() + C);
-  if (options_.affine) {
-    for (int64_t c = 0; c < C; ++c) {
-      grad_weight_.data()[c] += static_cast<float>(payload[C + c] * saved_.invstd[c]);
-      grad_bias_.data()[c] += static_cast<float>(payload[c]);
-    }
-  }
   Tensor dx = Tensor::empty(x.shape(), x.format());
-  const float* weight = options_.affine ? weight_.data() : nullptr;
-  if (!saved_.batch_stats) {  // Eval: statistics are constants, nothing to exchange.
-    norm::bn_backward_elemt(dy.data(), x.data(), g, saved_.mean.data(), saved_.invstd.data(),
-                            weight, nullptr, nullptr, saved_.count, dx.data());
-    return dx;
-  }
-  const auto comm_start = std::chrono::steady_clock::now();
-  group_->allreduce_sum(payload.data(), static_cast<int64_t>(payload.size()));
-  counters_.comm_seconds += seconds_since(comm_start);
-  ++counters_.backward_collectives;
-  counters_.backward_bytes += static_cast<int64_t>(payload.size() * sizeof(double));
-
-  // Stage 5: dx with the group-wide sums and count.
-  norm::bn_backward_elemt(dy.data(), x.data(), g, saved_.mean.data(), saved_.invstd.data(), weight,
-                          payload.data(), payload.data() + C, saved_.count, dx.data());
+  norm::bn_backward(
+      dy.data(), x.data(), g, saved_, options_.affine ? weight_.data() : nullptr,
+      [&](double* payload, int64_t size) {
+        allreduce_counted(*group_, payload, size, counters_, counters_.backward_collectives,
+                          counters_.backward_bytes);
+        return saved_.count;
+      },
+      options_.affine ? grad_weight_.data() : nullptr,
+      options_.affine ? grad_bias_.data() : nullptr, dx.data());
   return dx;
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "norm/norm_math.h"
 
 namespace syncbn::norm {
 namespace {
@@ -63,15 +64,72 @@ void check_running(const BatchNormState& state, int64_t channels, const char* op
   check_vector(state.running_var, channels, op, "running_var", x, /*non_negative=*/true);
 }
 
-std::vector<float> invstd_of(const Tensor& running_var, double eps) {
-  std::vector<float> invstd(running_var.numel());
-  for (int64_t c = 0; c < running_var.numel(); ++c)
-    invstd[c] =
-        static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var.data()[c]) + eps));
-  return invstd;
+}  // namespace
+
+void bn_forward_batch_stats(const float* x, const BnGeometry& g, double eps,
+                            const BnRunning& running, const float* weight, const float* bias,
+                            const BnReduce& reduce, NormSaved* saved, float* y) {
+  const int64_t C = g.c;
+  std::vector<double> payload(2 * C + 1);  // [count slot, Σx (C), Σx² (C)]
+  double* sum = payload.data() + 1;
+  double* sumsq = sum + C;
+  bn_stats(x, g, sum, sumsq);
+  const int64_t count = reduce(payload.data(), static_cast<int64_t>(payload.size()));
+  std::vector<double> mean(C), var(C);
+  bn_gather_stats(C, count, sum, sumsq, mean.data(), var.data());
+  if (running.mean != nullptr) {
+    if (running.num_batches_tracked != nullptr) ++*running.num_batches_tracked;
+    SYNCBN_CHECK(running.momentum || running.num_batches_tracked != nullptr);
+    const double factor = running.momentum
+                              ? *running.momentum
+                              : 1.0 / static_cast<double>(*running.num_batches_tracked);
+    bn_update_running(C, count, factor, mean.data(), var.data(), running.mean, running.var);
+  }
+  saved->count = count;
+  saved->batch_stats = true;
+  saved->mean.resize(C);
+  saved->invstd.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    saved->mean[c] = static_cast<float>(mean[c]);
+    saved->invstd[c] = math::bn_invstd(var[c], eps);
+  }
+  bn_elemt(x, g, saved->mean.data(), saved->invstd.data(), weight, bias, y);
 }
 
-}  // namespace
+void bn_forward_running_stats(const float* x, const BnGeometry& g, double eps,
+                              const float* running_mean, const float* running_var,
+                              const float* weight, const float* bias, NormSaved* saved, float* y) {
+  saved->count = g.count();
+  saved->batch_stats = false;
+  saved->mean.assign(running_mean, running_mean + g.c);
+  saved->invstd.resize(g.c);
+  for (int64_t c = 0; c < g.c; ++c) saved->invstd[c] = math::bn_invstd(running_var[c], eps);
+  bn_elemt(x, g, saved->mean.data(), saved->invstd.data(), weight, bias, y);
+}
+
+void bn_backward(const float* dy, const float* x, const BnGeometry& g, const NormSaved& saved,
+                 const float* weight, const BnReduce& reduce, float* grad_weight, float* grad_bias,
+                 float* dx) {
+  const int64_t C = g.c;
+  std::vector<double> payload(2 * C);  // [Σdy (C), Σdy·(x − mean) (C)]
+  double* sum_dy = payload.data();
+  double* sum_dy_xmu = sum_dy + C;
+  bn_backward_reduce(dy, x, g, saved.mean.data(), sum_dy, sum_dy_xmu);
+  if (grad_weight != nullptr) {
+    for (int64_t c = 0; c < C; ++c) {
+      grad_weight[c] += static_cast<float>(sum_dy_xmu[c] * saved.invstd[c]);
+      grad_bias[c] += static_cast<float>(sum_dy[c]);
+    }
+  }
+  if (!saved.batch_stats) {  // Eval: the statistics are constants, nothing to exchange.
+    bn_backward_elemt(dy, x, g, saved.mean.data(), saved.invstd.data(), weight, nullptr, nullptr,
+                      saved.count, dx);
+    return;
+  }
+  reduce(payload.data(), static_cast<int64_t>(payload.size()));
+  bn_backward_elemt(dy, x, g, saved.mean.data(), saved.invstd.data(), weight, sum_dy, sum_dy_xmu,
+                    saved.count, dx);
+}
 
 BnGeometry bn_geometry(const Tensor& x, const char* op) {
   SYNCBN_REQUIRE(x.dim() >= 2 && x.dim() <= 5, op, ": expected 2D, 3D, 4D or 5D input (got ",
@@ -103,33 +161,20 @@ Tensor batch_norm_forward(const Tensor& x, const BatchNormState& state,
                  ": momentum=None (cumulative average) needs num_batches_tracked");
 
   Tensor y = Tensor::empty(x.shape(), x.format());
-  saved->count = count;
-  saved->batch_stats = batch_stats;
-  saved->mean.assign(g.c, 0.0f);
-  saved->invstd.assign(g.c, 0.0f);
-  if (batch_stats) {
-    std::vector<double> sum(g.c), sumsq(g.c), mean(g.c), var(g.c);
-    bn_stats(x.data(), g, sum.data(), sumsq.data());
-    bn_gather_stats(g.c, count, sum.data(), sumsq.data(), mean.data(), var.data());
-    for (int64_t c = 0; c < g.c; ++c) {
-      saved->mean[c] = static_cast<float>(mean[c]);
-      saved->invstd[c] = static_cast<float>(1.0 / std::sqrt(var[c] + options.eps));
-    }
-    if (training && tracking) {
-      double factor = options.momentum.value_or(0.0);
-      if (state.num_batches_tracked) {
-        *state.num_batches_tracked += 1;
-        if (!options.momentum) factor = 1.0 / static_cast<double>(*state.num_batches_tracked);
-      }
-      bn_update_running(g.c, count, factor, mean.data(), var.data(), state.running_mean->data(),
-                        state.running_var->data());
-    }
-  } else {
-    for (int64_t c = 0; c < g.c; ++c) saved->mean[c] = state.running_mean->data()[c];
-    saved->invstd = invstd_of(*state.running_var, options.eps);
+  if (!batch_stats) {
+    bn_forward_running_stats(x.data(), g, options.eps, state.running_mean->data(),
+                             state.running_var->data(), data_or_null(state.weight),
+                             data_or_null(state.bias), saved, y.data());
+    return y;
   }
-  bn_elemt(x.data(), g, saved->mean.data(), saved->invstd.data(), data_or_null(state.weight),
-           data_or_null(state.bias), y.data());
+  BnRunning running;
+  if (training && tracking) {
+    running = {state.running_mean->data(), state.running_var->data(), options.momentum,
+               state.num_batches_tracked};
+  }
+  bn_forward_batch_stats(
+      x.data(), g, options.eps, running, data_or_null(state.weight), data_or_null(state.bias),
+      [&](double*, int64_t) { return count; }, saved, y.data());
   return y;
 }
 
@@ -141,19 +186,12 @@ NormGrads batch_norm_backward(const Tensor& dy, const Tensor& x, const BatchNorm
   check_vector(state.weight, g.c, op, "weight", x);
   SYNCBN_REQUIRE(static_cast<int64_t>(saved.mean.size()) == g.c, op, ": saved statistics are for ",
                  saved.mean.size(), " channels, input has ", g.c);
-  std::vector<double> sum_dy(g.c), sum_dy_xmu(g.c);
-  bn_backward_reduce(dy.data(), x.data(), g, saved.mean.data(), sum_dy.data(), sum_dy_xmu.data());
   NormGrads grads{Tensor::empty(x.shape(), x.format()), empty_like_param(state.weight),
                   empty_like_param(state.bias)};
-  bn_backward_elemt(dy.data(), x.data(), g, saved.mean.data(), saved.invstd.data(),
-                    data_or_null(state.weight), saved.batch_stats ? sum_dy.data() : nullptr,
-                    saved.batch_stats ? sum_dy_xmu.data() : nullptr, saved.count, grads.dx.data());
-  if (state.weight) {
-    for (int64_t c = 0; c < g.c; ++c) {
-      grads.dweight.data()[c] = static_cast<float>(sum_dy_xmu[c] * saved.invstd[c]);
-      grads.dbias.data()[c] = static_cast<float>(sum_dy[c]);
-    }
-  }
+  bn_backward(
+      dy.data(), x.data(), g, saved, data_or_null(state.weight),
+      [&](double*, int64_t) { return saved.count; }, state.weight ? grads.dweight.data() : nullptr,
+      state.weight ? grads.dbias.data() : nullptr, grads.dx.data());
   return grads;
 }
 
@@ -290,12 +328,9 @@ Tensor instance_norm_forward(const Tensor& x, const BatchNormState& state,
                  ": use_input_stats=false needs running_mean and running_var");
   Tensor y = Tensor::empty(x.shape(), x.format());
   if (!use_input_stats) {
-    saved->count = g.count();
-    saved->batch_stats = false;
-    saved->mean.assign(state.running_mean->data(), state.running_mean->data() + g.c);
-    saved->invstd = invstd_of(*state.running_var, options.eps);
-    bn_elemt(x.data(), g, saved->mean.data(), saved->invstd.data(), data_or_null(state.weight),
-             data_or_null(state.bias), y.data());
+    bn_forward_running_stats(x.data(), g, options.eps, state.running_mean->data(),
+                             state.running_var->data(), data_or_null(state.weight),
+                             data_or_null(state.bias), saved, y.data());
     return y;
   }
   SYNCBN_REQUIRE(g.s > 1, "Expected more than 1 spatial element when training, got input size ",

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -46,6 +47,44 @@ struct NormGrads {
 // The BN geometry of x, checked: 2-D to 5-D, channels_last only for 4-D/5-D, C == channels.
 // `op` names the caller in messages.
 BnGeometry bn_geometry(const Tensor& x, const char* op);
+
+// The BN pipeline (STYLE.md rule 1) on raw buffers, once for plain BN (batch_norm_forward,
+// batch_norm_backward) and SyncBN (nn/sync_batch_norm.cc): the stages of kernels.h with one
+// reduction between the local and the global ones. Plain BN is SyncBN over a world of one.
+//
+//   forward:   bn_stats → reduce [count slot, Σx (C), Σx² (C)] → bn_gather_stats →
+//              bn_update_running → saved mean and invstd (math::bn_invstd) → bn_elemt
+//   backward:  bn_backward_reduce → dγ, dβ += local sums → reduce [Σdy (C), Σdy·(x − mean) (C)]
+//              → bn_backward_elemt
+//
+// reduce(payload, size) sums the float64 payload over the BN group in place and returns the
+// group-wide count per channel; in the forward payload[0] is its own slot (SyncBN's count and
+// layer tag), in the backward the result is unused. Plain BN's reduce returns the local count.
+using BnReduce = std::function<int64_t(double* payload, int64_t size)>;
+
+// The running statistics to update in a training forward; mean == nullptr: none. The factor is
+// momentum, or 1/num_batches_tracked for momentum=None (cumulative average);
+// *num_batches_tracked is incremented when given, as PyTorch does whenever it tracks.
+struct BnRunning {
+  float* mean = nullptr;  // (C)
+  float* var = nullptr;   // (C), unbiased
+  std::optional<double> momentum;
+  int64_t* num_batches_tracked = nullptr;  // may be null only with a momentum
+};
+
+// Forward with batch statistics: fills saved (mean, invstd, count, batch_stats) and y.
+void bn_forward_batch_stats(const float* x, const BnGeometry& g, double eps,
+                            const BnRunning& running, const float* weight, const float* bias,
+                            const BnReduce& reduce, NormSaved* saved, float* y);
+// Forward with the running statistics (eval): no reduction.
+void bn_forward_running_stats(const float* x, const BnGeometry& g, double eps,
+                              const float* running_mean, const float* running_var,
+                              const float* weight, const float* bias, NormSaved* saved, float* y);
+// Backward of either forward: dx overwritten, grad_weight/grad_bias (null without affine)
+// accumulated from this rank's sums. With running statistics nothing is reduced.
+void bn_backward(const float* dy, const float* x, const BnGeometry& g, const NormSaved& saved,
+                 const float* weight, const BnReduce& reduce, float* grad_weight, float* grad_bias,
+                 float* dx);
 
 // F.batch_norm. Batch statistics are used when training or when there are no running stats;
 // then running stats (if any) are updated in place when training.
