@@ -209,10 +209,15 @@ for line in sys.stdin:
     run = json.loads(line)
     if run["generation"] == gen:
         ranks = [r for r in run["ranks"] if r["generation"] == gen]
-for r in sorted(ranks, key=lambda r: -r["heartbeat_age_ms"]):
-    if r["heartbeat_age_ms"] > limit_ms:
+# A rank heartbeats from a background thread: its step (progress_age_ms: time since the step
+# last changed) tells whether it trains; a heartbeat that stops means the process is gone or
+# frozen.
+def stuck_ms(r):
+    return max(r["heartbeat_age_ms"], r.get("progress_age_ms", -1))
+for r in sorted(ranks, key=lambda r: -stuck_ms(r)):
+    if stuck_ms(r) > limit_ms:
         print("rank %d on %s (pid %d) made no progress for %.0f s (last step %d)" % (
-            r["rank"], r["host"], r["pid"], r["heartbeat_age_ms"] / 1000, r["step"]))
+            r["rank"], r["host"], r["pid"], stuck_ms(r) / 1000, r["step"]))
         sys.exit(0)
 seen = {r["rank"] for r in ranks if r["heartbeat_age_ms"] >= 0}
 if age_s * 1000 > limit_ms and len(seen) < np_:

@@ -133,7 +133,7 @@ void print_run_json(const coord::RunStatus& run) {
     line += syncbn::str_cat(i ? "," : "", "{\"rank\":", r.rank, ",\"host\":", json::quote(r.host),
                             ",\"pid\":", r.pid, ",\"generation\":", r.generation,
                             ",\"step\":", r.last_step, ",\"heartbeat_age_ms\":", r.heartbeat_age_ms,
-                            "}");
+                            ",\"progress_age_ms\":", r.progress_age_ms, "}");
   }
   line += "],\"newest_checkpoint_step\":";
   line += run.newest_checkpoint ? std::to_string(run.newest_checkpoint->step) : "null";
@@ -153,7 +153,11 @@ void print_run(const coord::RunStatus& run) {
   }
   for (const auto& rank : run.ranks) {
     std::string note;
-    if (rank.heartbeat_age_ms > kStaleHeartbeatMs) note = "  STALE (dead or stuck?)";
+    if (rank.heartbeat_age_ms > kStaleHeartbeatMs) {
+      note = "  STALE (dead or stuck?)";
+    } else if (rank.progress_age_ms > kStaleHeartbeatMs) {
+      note = syncbn::str_cat("  no progress for ", age(rank.progress_age_ms), " (stuck?)");
+    }
     if (rank.last_step >= 0 && rank.last_step < max_step) {
       note += syncbn::str_cat("  behind by ", max_step - rank.last_step, " steps");
     }

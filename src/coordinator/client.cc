@@ -52,6 +52,9 @@ struct Client::Impl {
       if (!unavailable_since) unavailable_since = now;
       const auto down =
           std::chrono::duration_cast<std::chrono::milliseconds>(now - *unavailable_since);
+      if (options.unavailable_limit.count() == 0) {  // the caller retries (BackgroundClient)
+        throw ClientError(Code::kUnavailable, str_cat(method, ": ", status.error_message()));
+      }
       if (down + backoff > options.unavailable_limit) {
         throw ClientError(
             Code::kUnavailable,
@@ -114,6 +117,8 @@ Client::~Client() = default;
 
 const std::string& Client::address() const { return impl_->options.address; }
 
+const ClientOptions& Client::options() const { return impl_->options; }
+
 JoinReply Client::join(const JoinRequest& request) {
   v1::JoinRequest message;
   to_proto(request, &message);
@@ -130,6 +135,7 @@ int64_t Client::heartbeat(const HeartbeatRequest& request) {
   message.set_rank(request.rank);
   message.set_generation(request.generation);
   message.set_step(request.step);
+  message.set_activity(request.activity);
   v1::HeartbeatResponse response;
   impl_->check("Heartbeat",
                impl_->call("Heartbeat", impl_->options.call_timeout, [&](auto& context) {

@@ -39,6 +39,7 @@ struct ClientOptions {
   std::string tls_key_file;
   std::chrono::milliseconds call_timeout{10'000};
   std::chrono::milliseconds transfer_timeout{600'000};
+  // 0: no retry at all, the first UNAVAILABLE throws (for a caller with its own retry loop).
   std::chrono::milliseconds unavailable_limit{60'000};
   std::chrono::milliseconds initial_backoff{100};
   std::chrono::milliseconds max_backoff{5'000};
@@ -93,6 +94,7 @@ class Client {
   std::vector<RunStatus> get_run_status(const std::string& run_id = "");
 
   const std::string& address() const;
+  const ClientOptions& options() const;
 
  private:
   struct Impl;

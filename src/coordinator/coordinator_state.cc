@@ -190,10 +190,16 @@ int64_t CoordinatorState::heartbeat(const HeartbeatRequest& request) {
   require_range("step", request.step, 0, kMaxStep);
   std::lock_guard lock(mutex_);
   Run& run = current_run(request.run_id, request.generation, request.rank, "heartbeat");
-  RankStatus& status = run.members[request.rank].status;
+  Member& member = run.members[request.rank];
+  RankStatus& status = member.status;
   status.rank = request.rank;
   status.generation = request.generation;
   status.last_heartbeat_unix_ms = now();
+  if (status.last_progress_unix_ms == 0 || request.step != status.last_step ||
+      request.activity != member.activity) {
+    status.last_progress_unix_ms = status.last_heartbeat_unix_ms;
+  }
+  member.activity = request.activity;
   status.last_step = request.step;
   return run.generation;
 }
@@ -279,6 +285,7 @@ std::vector<RunStatus> CoordinatorState::run_status(const std::string& run_id) {
       RankStatus rank_status = member.status;
       if (rank_status.last_heartbeat_unix_ms > 0) {
         rank_status.heartbeat_age_ms = now_ms - rank_status.last_heartbeat_unix_ms;
+        rank_status.progress_age_ms = now_ms - rank_status.last_progress_unix_ms;
       }
       status.ranks.push_back(rank_status);
     }

@@ -72,6 +72,7 @@ class CoordinatorState {
  private:
   struct Member {
     RankStatus status;
+    int64_t activity = 0;  // the last heartbeat's
   };
   struct Run {
     int64_t generation = 0;

@@ -62,8 +62,9 @@ grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext* context,
                                            const v1::HeartbeatRequest* request,
                                            v1::HeartbeatResponse* response) {
   return handle(context, "Heartbeat", [&] {
-    response->set_generation(state_.heartbeat(
-        {request->run_id(), request->rank(), request->generation(), request->step()}));
+    response->set_generation(
+        state_.heartbeat({request->run_id(), request->rank(), request->generation(),
+                          request->step(), request->activity()}));
   });
 }
 

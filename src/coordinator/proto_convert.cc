@@ -156,6 +156,7 @@ void to_proto(const RunStatus& status, v1::RunStatus* out) {
     r->set_last_heartbeat_unix_ms(rank.last_heartbeat_unix_ms);
     r->set_heartbeat_age_ms(rank.heartbeat_age_ms);
     r->set_last_step(rank.last_step);
+    r->set_progress_age_ms(rank.progress_age_ms);
   }
   if (status.newest_checkpoint) {
     to_proto(*status.newest_checkpoint, out->mutable_newest_checkpoint());
@@ -192,6 +193,7 @@ RunStatus from_proto(const v1::RunStatus& status) {
     rank.last_heartbeat_unix_ms = r.last_heartbeat_unix_ms();
     rank.heartbeat_age_ms = r.heartbeat_age_ms();
     rank.last_step = r.last_step();
+    rank.progress_age_ms = r.progress_age_ms();
     out.ranks.push_back(std::move(rank));
   }
   if (status.has_newest_checkpoint())

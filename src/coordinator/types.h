@@ -71,7 +71,8 @@ struct HeartbeatRequest {
   std::string run_id;
   int32_t rank = 0;
   int64_t generation = 0;
-  int64_t step = 0;  // the last step this rank completed
+  int64_t step = 0;      // the last step this rank completed
+  int64_t activity = 0;  // advances as the rank works: a change is progress, like a new step
 };
 
 struct MetricsReport {
@@ -92,6 +93,8 @@ struct RankStatus {
   int64_t last_heartbeat_unix_ms = 0;  // 0: none yet
   int64_t heartbeat_age_ms = -1;       // by the coordinator's clock; -1: none yet
   int64_t last_step = -1;              // -1: no heartbeat yet
+  int64_t last_progress_unix_ms = 0;   // when last_step last changed; 0: no heartbeat yet
+  int64_t progress_age_ms = -1;        // now - last_progress_unix_ms; -1: no heartbeat yet
 };
 
 struct RunStatus {

@@ -12,6 +12,7 @@
 #include "ckpt/safetensors.h"
 #include "ckpt/state_dict.h"
 #include "core/error.h"
+#include "core/escape.h"
 #include "core/hash.h"
 
 namespace syncbn::train {
@@ -163,6 +164,36 @@ int64_t restore_checkpoint(const std::vector<uint8_t>& payload, const std::strin
   return step;
 }
 
+bool verify_checkpoint(std::span<const uint8_t> payload, const std::string& source,
+                       std::string* problem) {
+  try {
+    ckpt::Metadata m;
+    const std::vector<ckpt::TensorEntry> entries = ckpt::decode_safetensors(payload, source, &m);
+    SYNCBN_REQUIRE(meta_int(m, "format_version", source) == kCheckpointFormatVersion, source,
+                   ": checkpoint format version ", meta(m, "format_version", source), ", expected ",
+                   kCheckpointFormatVersion);
+    SYNCBN_REQUIRE(meta(m, "payload_fnv1a64", source) == std::to_string(fnv1a(entries)), source,
+                   ": checksum mismatch: the checkpoint is damaged");
+    for (const char* key : {"step", "epoch", "step_in_epoch", "global_batch", "world_size", "seed",
+                            "optimizer_steps"}) {
+      SYNCBN_REQUIRE(meta_int(m, key, source) >= 0, source, ": metadata '", key, "' is negative");
+    }
+    const Config saved = parse_config(meta(m, "config", source), {}, source + " (saved config)");
+    SYNCBN_REQUIRE(meta(m, "config_hash", source) == std::to_string(config_hash(saved)), source,
+                   ": metadata 'config_hash' is not the hash of its 'config'");
+    return true;
+  } catch (const Error& e) {
+    *problem = e.what();
+    return false;
+  }
+}
+
+int64_t checkpoint_step(std::span<const uint8_t> payload, const std::string& source) {
+  ckpt::Metadata m;
+  ckpt::decode_safetensors(payload, source, &m);
+  return meta_int(m, "step", source);
+}
+
 CheckpointDir::CheckpointDir(std::string dir, int64_t keep_last)
     : dir_(std::move(dir)), keep_last_(std::max<int64_t>(1, keep_last)) {}
 
@@ -204,17 +235,13 @@ std::optional<std::vector<uint8_t>> CheckpointDir::newest_valid(std::string* sou
     std::ifstream in(path, std::ios::binary);
     std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
                                std::istreambuf_iterator<char>());
-    try {
-      ckpt::Metadata m;
-      const std::vector<ckpt::TensorEntry> entries =
-          ckpt::decode_safetensors(bytes, path.string(), &m);
-      SYNCBN_REQUIRE(meta(m, "payload_fnv1a64", path.string()) == std::to_string(fnv1a(entries)),
-                     path.string(), ": checksum mismatch");
+    std::string problem;
+    if (verify_checkpoint(bytes, path.string(), &problem)) {
       if (source) *source = path.string();
       return bytes;
-    } catch (const Error& e) {
-      std::fprintf(stderr, "syncbn: skipping damaged checkpoint: %s\n", e.what());
     }
+    std::fprintf(stderr, "syncbn: skipping damaged checkpoint: %s\n",
+                 escape_control(problem).c_str());
   }
   return std::nullopt;
 }

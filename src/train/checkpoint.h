@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,16 @@ std::vector<uint8_t> encode_checkpoint(const Config& config, int world_size, int
 int64_t restore_checkpoint(const std::vector<uint8_t>& payload, const std::string& source,
                            const Config& config, int world_size, Sequential& model,
                            optim::SGD& sgd);
+
+// Whether `payload` is a syncbn checkpoint whose tensors match its checksum (payload_fnv1a64)
+// and whose metadata is complete and consistent: the check the coordinator's files, the spill
+// directory's and `syncbn ckpt inspect/export --file` all pass before use. On failure
+// `problem` says what is wrong, naming `source`.
+bool verify_checkpoint(std::span<const uint8_t> payload, const std::string& source,
+                       std::string* problem);
+
+// The step a checkpoint holds (completed steps); throws syncbn::Error when it has none.
+int64_t checkpoint_step(std::span<const uint8_t> payload, const std::string& source);
 
 // Checkpoints as files in a directory: step-<N>.safetensors, written to a temporary file,
 // fsynced, renamed, and the directory fsynced; the last keep_last are kept (the newest always).

@@ -8,11 +8,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
 #include "comm/mpi_environment.h"
+#include "coordinator/background_client.h"
+#include "coordinator/spill_dir.h"
 #include "core/error.h"
+#include "core/escape.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "nn/layers.h"
@@ -38,7 +42,8 @@ struct EvalResult {
 };
 
 // The test set split into contiguous shards, one per rank; sums reduced exactly in float64.
-EvalResult evaluate(Sequential& model, const data::Dataset& test, comm::Communicator& world) {
+EvalResult evaluate(Sequential& model, const data::Dataset& test, comm::Communicator& world,
+                    const std::function<void()>& on_batch) {
   const int64_t begin = test.count * world.rank() / world.size();
   const int64_t end = test.count * (world.rank() + 1) / world.size();
   constexpr int64_t kEvalBatch = 500;
@@ -50,6 +55,7 @@ EvalResult evaluate(Sequential& model, const data::Dataset& test, comm::Communic
     const data::Batch batch = data::assemble_batch(test, indices, /*augment=*/false, 0, 0);
     const Tensor logits = model.forward(batch.images, /*training=*/false);
     test_hooks::fail_at(test_hooks::Stage::kEval);
+    on_batch();
     int64_t correct = 0;
     sums[0] += nn::softmax_cross_entropy(logits, batch.labels.data(), 1.0, nullptr, &correct);
     sums[1] += static_cast<double>(correct);
@@ -252,6 +258,17 @@ void agree(comm::Communicator& world, const std::function<void()>& body) {
 
 namespace {
 
+std::string default_spill_dir(const TrainOptions& options) {
+  if (!options.spill_dir.empty()) return options.spill_dir;
+  if (const char* dir = std::getenv("SYNCBN_SPILL_DIR"); dir != nullptr && *dir != '\0') return dir;
+  const std::string& beside =
+      !options.export_weights.empty() ? options.export_weights : options.metrics_out;
+  const std::filesystem::path parent =
+      beside.empty() ? std::filesystem::path(".") : std::filesystem::path(beside).parent_path();
+  return ((parent.empty() ? std::filesystem::path(".") : parent) / ("spill-" + options.run_id))
+      .string();
+}
+
 // One training run, in the order it happens: the constructor sets up (model, data, optimizer,
 // schedule, step backend; every error there is agreed), run() resumes, loops and finishes.
 class Trainer {
@@ -322,10 +339,12 @@ class Trainer {
                    : make_cpu_backend(model_, *sgd_, world);
     reporter_ = std::make_unique<Reporter>(world.rank() == 0, options.metrics_out, options.progress,
                                            total_steps_);
+    spill_dir_ = default_spill_dir(options);
   }
 
   TrainResult run() {
     if (options_.resume) resume();
+    if (coord_ != nullptr) start_background_client();
     backend_->from_host();
     agree(world_, [&] { test_hooks::configure(world_.rank(), options_.generation); });
     window_start_ = Clock::now();
@@ -336,7 +355,7 @@ class Trainer {
       evaluated_last_ = eval_due(step);
       if (evaluated_last_) evaluate_and_report(step);
       if (checkpoint_due(step)) save_checkpoint(step);
-      heartbeat(step);
+      if (background_) background_->progress(step), background_->check();
       result_.steps = step;
       test_hooks::step_done(step);
     }
@@ -381,13 +400,11 @@ class Trainer {
     reporter_->train(
         step, epoch_of(step), loss, last_lr_, window_images_ / std::max(seconds, 1e-9),
         1e3 * (comm_seconds - window_comm_start_) / static_cast<double>(window_steps_));
-    if (coord_ != nullptr && world_.rank() == 0) {
+    if (background_ && world_.rank() == 0) {
       coordinator::MetricsReport report;
-      report.run_id = options_.run_id;
-      report.generation = options_.generation;
       report.step = step;
       report.values = {{"loss", loss}, {"lr", last_lr_}};
-      coord_->report_metrics(report);
+      background_->report_metrics(std::move(report));
     }
     window_images_ = 0;
     window_start_ = Clock::now();
@@ -404,41 +421,53 @@ class Trainer {
 
   void evaluate_and_report(int64_t step) {
     sync_host_model();
-    const EvalResult r = evaluate(model_, test_set_, world_);
+    const EvalResult r = evaluate(model_, test_set_, world_, [this] {
+      if (background_) background_->touch();
+    });
     reporter_->eval(step, epoch_of(step), r);
     result_.final_loss = r.loss;
     result_.final_accuracy = r.accuracy;
   }
 
+  // Costs the loop the snapshot into memory; with a coordinator, the background client writes
+  // it to the spill directory and uploads it.
   void save_checkpoint(int64_t step) {
     sync_host_model();
     test_hooks::fail_at(test_hooks::Stage::kCheckpoint);
     agree(world_, [&] {
       if (world_.rank() != 0) return;
-      const std::vector<uint8_t> payload =
+      std::vector<uint8_t> payload =
           encode_checkpoint(config_, world_.size(), step, steps_per_epoch_, model_, *sgd_);
-      if (coord_ == nullptr) {
+      if (background_) {
+        background_->put_checkpoint(step, std::string(payload.begin(), payload.end()));
+      } else {
         checkpoints_.save(step, payload);
-        return;
       }
-      coordinator::CheckpointMeta meta;
-      meta.run_id = options_.run_id;
-      meta.step = step;
-      meta.generation = options_.generation;
-      meta.config_hash = config_hash(config_);
-      meta.world_size = world_.size();
-      meta.format_version = kCheckpointFormatVersion;
-      coord_->put_checkpoint(
-          std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()), meta);
     });
   }
 
-  // Progress heartbeats (a rank that is alive but stuck shows as one whose step stops moving),
-  // at most about once a second.
-  void heartbeat(int64_t step) {
-    if (coord_ == nullptr || Clock::now() - last_heartbeat_ < std::chrono::seconds(1)) return;
-    coord_->heartbeat({options_.run_id, world_.rank(), options_.generation, step});
-    last_heartbeat_ = Clock::now();
+  // Heartbeats (carrying the last finished step), metrics and checkpoint uploads from now on go
+  // through a background thread. Rank 0 keeps checkpoints in the spill directory until the
+  // coordinator has them, and says when the coordinator goes away and when it is back.
+  void start_background_client() {
+    coordinator::BackgroundOptions bg;
+    bg.client = coord_->options();
+    bg.run_id = options_.run_id;
+    bg.rank = world_.rank();
+    bg.generation = options_.generation;
+    bg.keep_last = config_.checkpoint.keep_last;
+    bg.checkpoint_meta.config_hash = config_hash(config_);
+    bg.checkpoint_meta.world_size = world_.size();
+    bg.checkpoint_meta.format_version = kCheckpointFormatVersion;
+    if (world_.rank() == 0) {
+      bg.spill_dir = spill_dir_;
+      bg.log = [rank = world_.rank()](const std::string& line) {
+        std::fprintf(stderr, "syncbn train: [rank %d] warning: %s\n", rank,
+                     escape_control(line).c_str());
+      };
+    }
+    background_ = std::make_unique<coordinator::BackgroundClient>(std::move(bg));
+    background_->progress(start_step_);
   }
 
   // Rank 0 reads the newest valid checkpoint and sends it to every rank; each restores it (the
@@ -471,13 +500,44 @@ class Trainer {
                   source.c_str());
   }
 
+  // With a coordinator: the newer of its newest valid checkpoint and the spill directory's
+  // (which holds what it could not take yet), saying which.
   std::optional<std::vector<uint8_t>> newest_checkpoint(std::string* source) {
     if (coord_ == nullptr) return checkpoints_.newest_valid(source);
     std::optional<coordinator::Client::Checkpoint> c = coord_->get_checkpoint(options_.run_id);
-    if (!c) return std::nullopt;
-    *source = "checkpoint step " + std::to_string(c->meta.step) + " of run '" + options_.run_id +
-              "' at " + coord_->address();
-    return std::vector<uint8_t>(c->data.begin(), c->data.end());
+    std::string spill_source;
+    std::optional<std::vector<uint8_t>> spilled = newest_spilled(&spill_source);
+    const int64_t spill_step = spilled ? checkpoint_step(*spilled, spill_source) : -1;
+    if (c && c->meta.step >= spill_step) {
+      *source = str_cat("checkpoint step ", c->meta.step, " of run '", options_.run_id, "' at ",
+                        coord_->address(), ", the newest; the spill directory ", spill_dir_,
+                        spilled ? str_cat(" has step ", spill_step) : std::string(" is empty"));
+      return std::vector<uint8_t>(c->data.begin(), c->data.end());
+    }
+    if (!spilled) return std::nullopt;
+    *source = str_cat(spill_source, " from the spill directory, newer than ",
+                      c ? str_cat("the coordinator's step ", c->meta.step)
+                        : std::string("anything the coordinator has"));
+    return spilled;
+  }
+
+  // The newest spilled checkpoint that passes its CRC32C and its own checksum.
+  std::optional<std::vector<uint8_t>> newest_spilled(std::string* source) const {
+    const coordinator::SpillDir spill(spill_dir_, config_.checkpoint.keep_last);
+    std::vector<coordinator::SpillDir::Entry> entries = spill.list();
+    for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+      std::string problem;
+      std::optional<std::string> data = spill.read(*it, &problem);
+      std::vector<uint8_t> bytes;
+      if (data) bytes.assign(data->begin(), data->end());
+      if (data && verify_checkpoint(bytes, it->path, &problem)) {
+        *source = it->path;
+        return bytes;
+      }
+      std::fprintf(stderr, "syncbn: skipping damaged checkpoint: %s\n",
+                   escape_control(problem).c_str());
+    }
+    return std::nullopt;
   }
 
   // The last evaluation (unless the loop just did it), the final checkpoint and the weights.
@@ -485,10 +545,40 @@ class Trainer {
     if (!evaluated_last_) evaluate_and_report(total_steps_);
     sync_host_model();
     if (checkpointing_ && result_.steps > start_step_) save_checkpoint(total_steps_);
+    if (background_) background_->touch();
     agree(world_, [&] {
       if (!options_.export_weights.empty() && world_.rank() == 0)
         save_weights(options_.export_weights, model_);
     });
+    if (background_) finish_background_client();
+  }
+
+  // Sends what is left; if the coordinator stays away, the run still succeeds and says where
+  // its checkpoints are and how to upload them.
+  void finish_background_client() {
+    const coordinator::BackgroundClient::Summary s =
+        background_->finish(options_.coordinator_final_wait);
+    background_.reset();
+    if (world_.rank() != 0) return;
+    if (s.dropped_metrics > 0)
+      std::fprintf(stderr,
+                   "syncbn train: [rank 0] warning: %lld metrics report(s) were dropped while "
+                   "the coordinator was unreachable (the metrics file has them all)\n",
+                   static_cast<long long>(s.dropped_metrics));
+    if (s.spilled_steps.empty()) return;
+    std::string steps;
+    for (int64_t step : s.spilled_steps) {
+      if (!steps.empty()) steps += ' ';
+      steps += std::to_string(step);
+    }
+    std::fprintf(stderr,
+                 "syncbn train: [rank 0] warning: the coordinator at %s %s; checkpoint step(s) "
+                 "%s are kept in %s; upload them with:\n  syncbn ckpt push --coordinator %s "
+                 "--run %s %s\n",
+                 coord_->address().c_str(),
+                 s.coordinator_reachable ? "did not take every checkpoint" : "is unreachable",
+                 steps.c_str(), spill_dir_.c_str(), coord_->address().c_str(),
+                 options_.run_id.c_str(), spill_dir_.c_str());
   }
 
   const Config& config_;
@@ -511,6 +601,8 @@ class Trainer {
   int64_t total_steps_ = 0;
   std::unique_ptr<StepBackend> backend_;
   std::unique_ptr<Reporter> reporter_;
+  std::string spill_dir_;
+  std::unique_ptr<coordinator::BackgroundClient> background_;
 
   int64_t start_step_ = 0;
   TrainResult result_;
@@ -521,7 +613,6 @@ class Trainer {
   Clock::time_point window_start_;
   double window_comm_start_ = 0;
   int64_t window_steps_ = 0;
-  Clock::time_point last_heartbeat_{};
 };
 
 }  // namespace

@@ -3,6 +3,7 @@
 // JSON lines, evaluation over the test set distributed across ranks.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -20,10 +21,18 @@ struct TrainOptions {
   bool progress = true;        // rank 0 prints progress (a bar on a terminal, lines otherwise)
   bool resume = false;         // continue from the newest valid checkpoint
   // With a coordinator (see join_run), checkpoints go to it instead of checkpoint.dir, every
-  // rank heartbeats its progress, and rank 0 reports its metrics.
+  // rank heartbeats its progress, and rank 0 reports its metrics, all through a background
+  // thread (coordinator/background_client.h): training never waits on the coordinator.
   std::shared_ptr<coordinator::Client> coordinator;
   std::string run_id;
   int64_t generation = 0;
+  // Where rank 0 keeps checkpoints until the coordinator has them (coordinator/spill_dir.h);
+  // "" = $SYNCBN_SPILL_DIR, else spill-<run_id> beside --export-weights (or --metrics-out, or in
+  // the working directory). --resume looks there too and takes the newer checkpoint.
+  std::string spill_dir;
+  // How long the end of the run waits for an unreachable coordinator before it leaves the
+  // checkpoints in the spill directory and says how to upload them.
+  std::chrono::milliseconds coordinator_final_wait{10'000};
 };
 
 struct TrainResult {

@@ -125,6 +125,28 @@ TEST_F(CoordinatorStateTest, GenerationsSurviveARestart) {
   EXPECT_EQ(state.join(join_request(0, 5)).config_hash, 0xABCu);
 }
 
+// Heartbeats come from a background thread of the rank, so they keep arriving while its
+// training is stuck: progress is judged by the step (and the activity counter) they carry.
+TEST_F(CoordinatorStateTest, ProgressAgeCountsFromTheLastChangeOfStepOrActivity) {
+  CoordinatorState state(options());
+  state.join(join_request(0));
+  state.heartbeat({"run-1", 0, 1, 5, 1});
+  EXPECT_EQ(state.run_status("run-1")[0].ranks[0].progress_age_ms, 0);
+  clock_ms_ += 3000;
+  state.heartbeat({"run-1", 0, 1, 5, 1});  // alive, stuck at step 5
+  clock_ms_ += 2000;
+  state.heartbeat({"run-1", 0, 1, 5, 1});
+  RankStatus rank = state.run_status("run-1")[0].ranks[0];
+  EXPECT_EQ(rank.heartbeat_age_ms, 0);
+  EXPECT_EQ(rank.progress_age_ms, 5000);
+  state.heartbeat({"run-1", 0, 1, 5, 2});  // working at step 5 (evaluating)
+  clock_ms_ += 1000;
+  EXPECT_EQ(state.run_status("run-1")[0].ranks[0].progress_age_ms, 1000);
+  clock_ms_ += 1000;
+  state.heartbeat({"run-1", 0, 1, 6, 2});  // the next step
+  EXPECT_EQ(state.run_status("run-1")[0].ranks[0].progress_age_ms, 0);
+}
+
 TEST_F(CoordinatorStateTest, HeartbeatsAndMetricsShowInStatus) {
   CoordinatorState state(options());
   state.join(join_request(0));

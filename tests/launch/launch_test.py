@@ -177,13 +177,15 @@ def check_budget(binary, tmp):
         fail(f"always-failing job: no final message naming the last failure:\n{proc.log[-2000:]}")
     print("ok: always-failing job stopped after exactly 3 attempts with exit 3")
 
-    # Stuck before the first step in every generation: no heartbeat ever, caught all the same.
+    # Stuck before the first step in every generation: its heartbeats (from the background
+    # thread) carry step 0 and never move on; caught all the same.
     out = os.path.join(tmp, "silent")
     proc = run_sh(binary, out, hosts, 2, ["--max-restarts", "1", "--stall-timeout", "3"],
                   env={"SYNCBN_TEST_HANG_AT_STEP": "0:1"})
     if proc.returncode != 3 or not re.search(
             r"giving up after 2 attempt\(s\) \(--max-restarts 1\); last failure: generation 1: "
-            r"rank\(s\) [0-9 ]+ sent no heartbeat in the \d+ s since the launch", proc.log):
+            r"(rank\(s\) [0-9 ]+ sent no heartbeat in the \d+ s since the launch|"
+            r"rank \d+ on .* made no progress for \d+ s \(last step 0\))", proc.log):
         fail(f"job stuck before its first step: expected exit 3 after 2 attempts naming the "
              f"silent ranks, got {proc.returncode}:\n{proc.log[-2000:]}")
     print("ok: a job stuck before its first step is detected without any heartbeat; 2 attempts")
