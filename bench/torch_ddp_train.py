@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Training throughput of PyTorch DDP (gloo, localhost) with an all-reduce SyncBN.
 
-The PyTorch side of bench/train_compare.sh: the same model as `syncbn train` (the
-torch.nn.Sequential expression printed by `syncbn model --config FILE --torch`, read from
+The PyTorch side of bench/train_compare.sh: the same model as `syncbn train` (the program
+printed by `syncbn model --config FILE --torch`, ending in `model = SyncbnModel()`, read from
 --model-file), trained with SGD (momentum 0.9, Nesterov, weight decay 5e-4, lr 0.05) on
 Fashion-MNIST, one process per rank, one thread per rank. Every BatchNorm2d is replaced by
 AllReduceSyncBN: in training it computes the local per-channel mean and mean of squares, sums
@@ -104,17 +104,21 @@ class AllReduceSyncBN(torch.nn.BatchNorm2d):
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
-def build_model(expression):
-    model = eval(expression, {"torch": torch})  # the trusted output of `syncbn model --torch`
-    if not isinstance(model, torch.nn.Sequential):
-        raise SystemExit("error: the model expression is not a torch.nn.Sequential")
-    for name, module in list(model.named_children()):
-        if type(module) is torch.nn.BatchNorm2d:
-            sync = AllReduceSyncBN(module.num_features, eps=module.eps, momentum=module.momentum,
-                                   affine=module.affine,
-                                   track_running_stats=module.track_running_stats)
-            sync.load_state_dict(module.state_dict())
-            setattr(model, name, sync)
+def build_model(program):
+    scope = {}
+    exec(program, scope)  # the trusted output of `syncbn model --torch`
+    model = scope.get("model")
+    if not isinstance(model, torch.nn.Module):
+        raise SystemExit("error: the model program does not define `model`, a torch.nn.Module")
+    # Every BatchNorm2d of the tree (residual blocks and their downsample included).
+    for parent in list(model.modules()):
+        for name, module in list(parent.named_children()):
+            if type(module) is torch.nn.BatchNorm2d:
+                sync = AllReduceSyncBN(module.num_features, eps=module.eps,
+                                       momentum=module.momentum, affine=module.affine,
+                                       track_running_stats=module.track_running_stats)
+                sync.load_state_dict(module.state_dict())
+                setattr(parent, name, sync)
     return model
 
 
@@ -170,7 +174,7 @@ def log(rank, message):
         print(f"[torch_ddp_train] {message}", file=sys.stderr, flush=True)
 
 
-def worker(rank, args, expression):
+def worker(rank, args, program):
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank,
@@ -180,7 +184,7 @@ def worker(rank, args, expression):
     images = read_idx(os.path.join(args.data_dir, "train-images-idx3-ubyte.gz"))
     labels = read_idx(os.path.join(args.data_dir, "train-labels-idx1-ubyte.gz"))
 
-    model = build_model(expression)
+    model = build_model(program)
     # Running statistics are identical on every rank (global batch statistics): no broadcast.
     ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
@@ -252,10 +256,10 @@ def main():
         parser.error("batch, world size, threads and steps must be positive, warmup >= 0")
 
     with open(args.model_file) as f:
-        expression = f.read().strip()
+        program = f.read().strip()
 
     if args.compare_safetensors:
-        model = build_model(expression)
+        model = build_model(program)
         ok, message, file_params = compare_with_safetensors(model, args.compare_safetensors)
         print(f"ARCH same={'yes' if ok else 'no'} torch_params={count_parameters(model)} "
               f"ours_params={file_params}")
@@ -267,7 +271,7 @@ def main():
     if args.port == 0:
         args.port = free_port()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    mp.spawn(worker, args=(args, expression), nprocs=args.world_size, join=True)
+    mp.spawn(worker, args=(args, program), nprocs=args.world_size, join=True)
 
 
 if __name__ == "__main__":

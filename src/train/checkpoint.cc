@@ -32,7 +32,7 @@ uint64_t fnv1a(const std::vector<ckpt::TensorEntry>& entries) {
 std::vector<ckpt::StateSlot> model_slots(Sequential& model) {
   std::vector<ckpt::StateSlot> slots;
   for (size_t i = 0; i < model.size(); ++i)
-    ckpt::append_layer_state("model." + std::to_string(i), model.layer(i), slots);
+    ckpt::append_layer_state("model." + model.layer_name(i), model.layer(i), slots);
   return slots;
 }
 

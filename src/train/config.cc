@@ -29,7 +29,8 @@ constexpr Names<LayerType> kLayerTypes = {
 constexpr Names<optim::ScheduleKind> kSchedules = {{optim::ScheduleKind::kConstant, "constant"},
                                                    {optim::ScheduleKind::kStep, "step"},
                                                    {optim::ScheduleKind::kCosine, "cosine"}};
-const std::set<std::string> kPresets = {"small_cnn", "list"};
+const std::set<std::string> kPresets = {"small_cnn", "list",     "resnet20", "resnet32", "resnet56",
+                                        "resnet110", "resnet18", "resnet34", "resnet50"};
 
 template <typename E>
 const char* name_of(E value, Names<E> names) {

@@ -10,7 +10,7 @@ namespace {
 std::vector<ckpt::StateSlot> state_slots(Sequential& model) {
   std::vector<ckpt::StateSlot> slots;
   for (size_t i = 0; i < model.size(); ++i)
-    ckpt::append_layer_state(std::to_string(i), model.layer(i), slots);
+    ckpt::append_layer_state(model.layer_name(i), model.layer(i), slots);
   return slots;
 }
 

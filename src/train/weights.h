@@ -1,5 +1,5 @@
-// Model weights in and out as safetensors with the names of a torch.nn.Sequential state dict
-// ("0.weight", "1.running_mean", "1.num_batches_tracked", ...), so PyTorch's
+// Model weights in and out as safetensors with the names of the model's PyTorch state dict
+// ("0.weight", "1.running_mean", "layer2.0.downsample.1.running_var", ...), so PyTorch's
 // load_state_dict(strict=True) accepts what we write and we accept what it saves.
 #pragma once
 

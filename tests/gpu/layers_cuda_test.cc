@@ -18,6 +18,7 @@
 
 #include "../common/cuda_skip.h"
 #include "nn/layers.h"
+#include "nn/module.h"
 #include "optim/sgd.h"
 
 namespace syncbn::nn {
@@ -84,6 +85,25 @@ void expect_same(const std::vector<float>& got, const Tensor& want, const std::s
 
 cudaStream_t stream() { return nullptr; }
 CUstream_st* s() { return reinterpret_cast<CUstream_st*>(stream()); }
+
+// A residual block's sum of its branches, and a branch point's gradient accumulation: the CPU
+// block's add_tensors, also in place (y = a + y).
+TEST_F(CudaLayersTest, AddAndAccumulateMatchCpu) {
+  std::mt19937 gen(7);
+  for (int64_t n : {0, 1, 31, 1000, 4099}) {
+    const Tensor a = random_tensor({n}, gen), b = random_tensor({n}, gen);
+    const Tensor sum = add_tensors(a, b, "test");
+    DeviceArray<float> a_dev(a.data(), static_cast<size_t>(n)),
+        b_dev(b.data(), static_cast<size_t>(n));
+    DeviceArray<float> y_dev(static_cast<size_t>(n));
+    cuda::add(a_dev.get(), b_dev.get(), n, y_dev.get(), s());
+    expect_same(y_dev.host(), sum, "add n=" + std::to_string(n));
+    cuda::add(a_dev.get(), b_dev.get(), n, b_dev.get(), s());  // in place
+    expect_same(b_dev.host(), sum, "add in place n=" + std::to_string(n));
+    cuda::accumulate(a_dev.get(), n, b_dev.get(), s());  // (a + b) + a
+    expect_same(b_dev.host(), add_tensors(sum, a, "test"), "accumulate n=" + std::to_string(n));
+  }
+}
 
 TEST_F(CudaLayersTest, ReluMatchesCpu) {
   std::mt19937 gen(1);

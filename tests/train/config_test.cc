@@ -3,10 +3,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "core/error.h"
 #include "data/dataset.h"
+#include "nn/layers.h"
+#include "nn/sync_batch_norm.h"
 #include "train/model.h"
 
 namespace syncbn::train {
@@ -175,10 +178,16 @@ TEST(Model, ListFormAndShapeErrors) {
       "    - {type: relu}\n    - {type: gap}\n    - {type: flatten}\n    - {type: linear, out: "
       "10}\n"
       "train:\n  steps: 1\n");
-  EXPECT_EQ(torch_module_code(list, kFashionMnist),
-            "torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=1, padding=1, bias=False), "
-            "torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), "
-            "torch.nn.Flatten(), torch.nn.Linear(8, 10))");
+  const std::string code = torch_module_code(list, kFashionMnist);
+  for (const char* line :
+       {"import torch\n", "class SyncbnModel(torch.nn.Module):\n",
+        "self.add_module(\"0\", torch.nn.Conv2d(1, 8, 3, stride=1, padding=1, bias=False))\n",
+        "self.add_module(\"1\", torch.nn.BatchNorm2d(8))\n",
+        "self.add_module(\"3\", torch.nn.AdaptiveAvgPool2d(1))\n",
+        "self.add_module(\"5\", torch.nn.Linear(8, 10))\n", "\nmodel = SyncbnModel()\n"}) {
+    EXPECT_NE(code.find(line), std::string::npos) << line << " is not in\n" << code;
+  }
+  EXPECT_EQ(code.find("class BasicBlock"), std::string::npos);  // only the classes it uses
   Sequential model = build_model(list, kFashionMnist, nullptr);
   EXPECT_EQ(model.size(), 6u);
   EXPECT_EQ(model.parameters().size(), 5u);  // conv weight, bn weight/bias, linear weight/bias
@@ -206,6 +215,71 @@ TEST(Model, SmallCnnHasPyTorchNames) {
   Sequential plain =
       build_model(parse_config(kMinimal, {"model.norm=none"}), kFashionMnist, nullptr);
   EXPECT_EQ(plain.parameters()[1].name, "0.bias");  // no norm after the conv: it has a bias
+}
+
+// torchvision's names and sizes: a torchvision state dict converted to safetensors has exactly
+// these (checked against PyTorch itself by tests/torch_ref/model_torch_test.cc).
+TEST(Model, ResNetPresetsHaveTorchvisionNamesAndSizes) {
+  const data::DatasetInfo cifar{"cifar10", 3, 32, 32, 10};
+  auto count = [](Sequential& m) {
+    int64_t n = 0;
+    for (const nn::ParamRef& p : m.parameters()) n += p.value->numel();
+    return n;
+  };
+  // torchvision's resnet18/34/50 (11689512, 21797672, 25557032 parameters for 1000 classes)
+  // with a 10-class fc.
+  struct Case {
+    const char* preset;
+    int64_t params;
+  };
+  for (const Case& c :
+       {Case{"resnet18", 11181642}, Case{"resnet34", 21289802}, Case{"resnet50", 23528522}}) {
+    Sequential m = build_model(
+        parse_config(kMinimal, {std::string("model.preset=") + c.preset, "model.norm=bn"}), cifar,
+        nullptr);
+    EXPECT_EQ(count(m), c.params) << c.preset;
+  }
+  Sequential r50 = build_model(parse_config(kMinimal, {"model.preset=resnet50", "model.norm=bn"}),
+                               cifar, nullptr);
+  std::vector<std::string> names;
+  for (const nn::BufferRef& b : r50.buffers()) names.push_back(b.name);
+  for (const char* want : {"bn1.running_mean", "layer1.0.downsample.1.running_var",
+                           "layer2.0.downsample.1.num_batches_tracked", "layer4.2.bn3.running_var"})
+    EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
+  EXPECT_EQ(r50.parameters().front().name, "conv1.weight");  // feeds a norm: no bias
+  EXPECT_EQ(r50.parameters().back().name, "fc.bias");
+
+  // resnet20: 16-32-64 channels, 3 BasicBlocks per stage, projection shortcuts at layer2.0 and
+  // layer3.0 only; SyncBN layers named by their path.
+  auto world = comm::make_communicator("single");
+  auto group = nn::make_bn_group(*world, 0);
+  Sequential r20 =
+      build_model(parse_config(kMinimal, {"model.preset=resnet20"}), cifar, group.get());
+  std::vector<std::string> leaves;
+  for (size_t i = 0; i < r20.size(); ++i) leaves.push_back(r20.layer_name(i));
+  EXPECT_EQ(leaves.front(), "conv1");
+  EXPECT_EQ(leaves.back(), "fc");
+  EXPECT_EQ(std::count_if(leaves.begin(), leaves.end(),
+                          [](const std::string& n) { return n.ends_with("downsample.0"); }),
+            2);
+  EXPECT_NE(std::find(leaves.begin(), leaves.end(), "layer3.2.bn2"), leaves.end());
+  EXPECT_EQ(r20.layer(0).kind(), "Conv2d");
+  auto* bn = dynamic_cast<nn::SyncBatchNormLayer*>(&r20.layer(1));
+  ASSERT_NE(bn, nullptr);
+  EXPECT_EQ(bn->impl().name(), "bn1");
+  EXPECT_EQ(count(r20), 272474);  // conv/bn/fc of He et al.'s 0.27M network, with projections
+
+  // A dataset without a sample shape.
+  expect_error(
+      [&] {
+        build_model(parse_config(kMinimal, {"model.preset=resnet50", "model.norm=bn"}),
+                    {"empty", 1, 0, 2, 10}, nullptr);
+      },
+      "dataset 'empty' has samples of 1x0x2 and 10 classes; expected positive sizes");
+  expect_error([] { parse_config(kMinimal, {"model.preset=resnet19"}); },
+               "config key 'model.preset' must be one of list, resnet110, resnet18");
+  expect_error([] { parse_config(kMinimal, {"model.stem=tiny"}); },
+               "config key 'model.stem' must be one of cifar, imagenet, got 'tiny'");
 }
 
 }  // namespace

@@ -13,6 +13,8 @@
 #include "comm/communicator.h"
 #include "core/error.h"
 #include "data/dataset.h"
+#include "nn/layers.h"
+#include "nn/module.h"
 #include "nn/sync_batch_norm.h"
 
 namespace syncbn::train {
@@ -118,8 +120,92 @@ TEST(DevicePlan, ListFormWithStridesPaddingAndOneBucket) {
   expect_flat_tiling(plan, model);
 }
 
-// A layer kind the CUDA backend does not know (every kind build_model makes has one): a
-// stand-in defined here.
+// Runs the plan's graph on the CPU with the host model's own layers (a fresh ReLU for each use,
+// the CPU block's add for kAdd): every node's shape is the planned one and the output is the
+// host model's, bitwise.
+void expect_graph_matches_host(const DevicePlan& plan, Sequential& model,
+                               const data::DatasetInfo& info, const std::string& what) {
+  Tensor x({2, info.channels, info.height, info.width});
+  Rng(3).fill_normal(x.data(), x.numel());
+  std::vector<Tensor> out(plan.layers.size());
+  for (size_t i = 0; i < plan.layers.size(); ++i) {
+    const PlannedLayer& L = plan.layers[i];
+    const Tensor& in = L.input == kModelInput ? x : out[static_cast<size_t>(L.input)];
+    ASSERT_EQ(in.numel(), 2 * L.in.numel()) << what << " node " << i << " " << L.name;
+    if (L.kind == DeviceLayerKind::kAdd) {
+      out[i] = nn::add_tensors(in, out[static_cast<size_t>(L.shortcut)], L.name);
+    } else if (L.kind == DeviceLayerKind::kRelu) {
+      nn::ReLU relu;
+      out[i] = relu.forward(in, false);
+    } else {
+      ASSERT_GE(L.leaf, 0) << L.name;
+      EXPECT_EQ(model.layer_name(static_cast<size_t>(L.leaf)), L.name);
+      out[i] = model.layer(static_cast<size_t>(L.leaf)).forward(in, /*training=*/false);
+    }
+    ASSERT_EQ(out[i].numel(), 2 * L.out.numel()) << what << " node " << i << " " << L.name;
+  }
+  const Tensor want = model.forward(x, /*training=*/false);
+  ASSERT_EQ(out.back().shape(), want.shape()) << what;
+  for (int64_t k = 0; k < want.numel(); ++k)
+    ASSERT_EQ(out.back().data()[k], want.data()[k]) << what << " logit " << k;
+  // Consumers: every node but the last is read; the branch points are the blocks' inputs.
+  std::vector<int> readers(plan.layers.size(), 0);
+  for (const PlannedLayer& L : plan.layers) {
+    if (L.input != kModelInput) ++readers[static_cast<size_t>(L.input)];
+    if (L.kind == DeviceLayerKind::kAdd) ++readers[static_cast<size_t>(L.shortcut)];
+  }
+  for (size_t i = 0; i < plan.layers.size(); ++i)
+    EXPECT_EQ(plan.layers[i].consumers, readers[i]) << what << " " << plan.layers[i].name;
+  EXPECT_EQ(plan.layers.back().consumers, 0);
+}
+
+TEST(DevicePlan, EveryResNetPresetIsAGraphOfTheHostModel) {
+  auto world = comm::make_communicator("single");
+  auto group = nn::make_bn_group(*world, 1);
+  const data::DatasetInfo cifar{"cifar10", 3, 32, 32, 10};
+  struct Case {
+    const char* preset;
+    int blocks;
+    int downsamples;
+  };
+  for (const Case& c : {Case{"resnet20", 9, 2}, Case{"resnet32", 15, 2}, Case{"resnet56", 27, 2},
+                        Case{"resnet110", 54, 2}, Case{"resnet18", 8, 3}, Case{"resnet34", 16, 3},
+                        Case{"resnet50", 16, 4}}) {
+    for (const char* norm : {"syncbn", "gn"}) {
+      const std::string what = std::string(c.preset) + " " + norm;
+      const Config config =
+          parse_config(kSteps, {"device=cuda", std::string("model.preset=") + c.preset,
+                                std::string("model.norm=") + norm, "model.gn_groups=4"});
+      Sequential model = build_model(config, cifar, group.get());
+      const DevicePlan plan = plan_device_model(config, cifar, model, /*bucket_bytes=*/256 << 10);
+      int adds = 0, branch_points = 0, downsample_convs = 0;
+      for (const PlannedLayer& L : plan.layers) {
+        adds += L.kind == DeviceLayerKind::kAdd;
+        branch_points += L.consumers > 1;
+        downsample_convs += L.name.ends_with("downsample.0");
+        if (L.kind == DeviceLayerKind::kAdd) {
+          EXPECT_EQ(plan.layers[static_cast<size_t>(L.input)].out,
+                    L.shortcut == kModelInput ? SampleShape{}
+                                              : plan.layers[static_cast<size_t>(L.shortcut)].out);
+        }
+      }
+      EXPECT_EQ(adds, c.blocks) << what;
+      EXPECT_EQ(branch_points, c.blocks) << what;  // each block's input feeds both branches
+      EXPECT_EQ(downsample_convs, c.downsamples) << what;
+      expect_graph_matches_host(plan, model, cifar, what);
+      expect_flat_tiling(plan, model);
+    }
+  }
+  // The cifar stem of resnet18: no max pool, conv1 3x3/1.
+  const Config stem = parse_config(kSteps, {"model.preset=resnet18", "model.stem=cifar"});
+  Sequential model = build_model(stem, cifar, group.get());
+  const DevicePlan plan = plan_device_model(stem, cifar, model);
+  EXPECT_EQ(plan.layers[0].out, (SampleShape{64, 32, 32}));
+  for (const PlannedLayer& L : plan.layers) EXPECT_NE(L.kind, DeviceLayerKind::kMaxPool);
+}
+
+// A layer the config does not make (every kind build_model makes has a CUDA node): a stand-in
+// defined here.
 class Softsign final : public nn::Layer {
  public:
   std::string kind() const override { return "Softsign"; }
@@ -127,16 +213,19 @@ class Softsign final : public nn::Layer {
   Tensor backward(const Tensor& dy) override { return dy; }
 };
 
-TEST(DevicePlan, RefusesLayersWithoutACudaImplementation) {
-  const Config config =
-      parse_config("model:\n  preset: list\n  layers:\n    - {type: relu}\ntrain:\n  steps: 1\n");
+TEST(DevicePlan, RefusesAModelTheConfigDoesNotDescribe) {
+  const Config config = parse_config(
+      "model:\n  preset: list\n  layers:\n    - {type: relu}\n    - {type: flatten}\n"
+      "    - {type: linear, out: 10}\ntrain:\n  steps: 1\n");
   Sequential model;
   model.add(std::make_unique<Softsign>());
   try {
     plan_device_model(config, kFashionMnist, model);
     ADD_FAILURE() << "Softsign was planned";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("model layer 0 (Softsign) has no CUDA implementation"),
+    EXPECT_NE(std::string(e.what()).find(
+                  "model layer '0' (Softsign): the config makes a ReLU there, so the model was "
+                  "not built from this config"),
               std::string::npos)
         << e.what();
   }

@@ -181,7 +181,9 @@ def interop(binary, out):
     metrics, weights, _ = train(binary, 2, out, "interop", ["model.norm=syncbn"])
     code = subprocess.run([binary, "model", "--config", CONFIG, "--torch"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    model = eval(code, {"torch": torch})
+    scope = {}
+    exec(code, scope)  # the program `syncbn model --torch` prints ends in `model = SyncbnModel()`
+    model = scope["model"]
     state = {name: torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float)
                                 else torch.int64).reshape(shape)
              for name, (shape, values) in read_safetensors(weights).items()}

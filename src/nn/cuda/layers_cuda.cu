@@ -43,6 +43,14 @@ __global__ void relu_backward_kernel(const float* dy, const float* y, int64_t n,
   for (int64_t i = first_index(); i < n; i += index_stride()) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+__global__ void add_kernel(const float* a, const float* b, int64_t n, float* y) {
+  for (int64_t i = first_index(); i < n; i += index_stride()) y[i] = a[i] + b[i];
+}
+
+__global__ void accumulate_kernel(const float* x, int64_t n, float* y) {
+  for (int64_t i = first_index(); i < n; i += index_stride()) y[i] += x[i];
+}
+
 struct PoolShape {
   int64_t planes, H, W, Ho, Wo, kernel, stride, padding;
 };
@@ -173,6 +181,16 @@ void relu_forward(const float* x, int64_t n, float* y, Stream stream) {
 void relu_backward(const float* dy, const float* y, int64_t n, float* dx, Stream stream) {
   if (n == 0) return;
   launch(relu_backward_kernel, grid_for(n), dim3(kThreads), 0, to_cuda(stream), dy, y, n, dx);
+}
+
+void add(const float* a, const float* b, int64_t n, float* y, Stream stream) {
+  if (n == 0) return;
+  launch(add_kernel, grid_for(n), dim3(kThreads), 0, to_cuda(stream), a, b, n, y);
+}
+
+void accumulate(const float* x, int64_t n, float* y, Stream stream) {
+  if (n == 0) return;
+  launch(accumulate_kernel, grid_for(n), dim3(kThreads), 0, to_cuda(stream), x, n, y);
 }
 
 void maxpool_forward(const float* x, int64_t planes, int64_t H, int64_t W, int64_t kernel,

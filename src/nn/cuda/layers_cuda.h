@@ -16,6 +16,8 @@
 //                      order (a gather: deterministic, no atomics); dx overwritten
 //   gap_forward        y = mean over the S elements of each plane (float64 sum)
 //   gap_backward       dx = dy / S (float32 division, as the CPU)
+//   add                y = a + b (a residual block's two branches)
+//   accumulate         y += x (the gradient of a branch point, from each of its readers)
 //   add_bias           y (N, C, S) += bias (C)
 //   bias_backward      grad_bias (C) += Σ_{n,s} dy (float64 sum in (n, s) order)
 //   softmax_xent       per row: lse = m + log Σ exp(z − m) (float64), loss = lse − z_label,
@@ -37,6 +39,11 @@ using Stream = CUstream_st*;
 
 void relu_forward(const float* x, int64_t n, float* y, Stream stream);
 void relu_backward(const float* dy, const float* y, int64_t n, float* dx, Stream stream);
+
+// a, b, y (n); y may alias a or b.
+void add(const float* a, const float* b, int64_t n, float* y, Stream stream);
+// x, y (n).
+void accumulate(const float* x, int64_t n, float* y, Stream stream);
 
 // x (planes, H, W) → y (planes, Ho, Wo), argmax (planes, Ho, Wo); Ho = (H + 2p − k) / s + 1.
 void maxpool_forward(const float* x, int64_t planes, int64_t H, int64_t W, int64_t kernel,

@@ -7,8 +7,14 @@
 //             heuristics that fits the workspace limit
 //   linear    cuBLAS sgemm (row-major y = x·Wᵀ as column-major yᵀ = W·xᵀ)
 //   norms     nn::SyncBatchNormCuda over an NCCL BN group (syncbn), or a group of one rank (bn)
-//   the rest  nn/cuda/layers_cuda.h: relu, max pool, global average pool, bias, softmax
-//             cross-entropy, SGD
+//   the rest  nn/cuda/layers_cuda.h: relu, max pool, global average pool, bias, residual add and
+//             gradient accumulation, softmax cross-entropy, SGD
+//
+// The model runs as the plan's graph (train/cuda/device_plan.h): every node has its own output
+// and output-gradient buffers for the largest slice, so a residual block's input stays alive for
+// its shortcut. Backward visits the nodes in reverse; a node writes its input's gradient directly
+// when it is that input's only reader, and otherwise adds it (cuDNN/cuBLAS with beta = 1, or
+// through a scratch buffer and the accumulate kernel) into a gradient zeroed at the step's start.
 //
 // Streams. Everything of the step runs on the compute stream, the stream of the NCCL world that
 // the SyncBN layers use. The batch is copied from pinned host memory on a copy stream (an event
@@ -209,6 +215,7 @@ struct DeviceLayer : PlannedLayer {
   std::unique_ptr<ConvDescriptor> conv;
   std::vector<std::unique_ptr<ConvPlan>> plans;
   DeviceArray<float> output;                    // (max batch, out); none for pass-through layers
+  DeviceArray<float> grad;                      // (max batch, out): d loss / d output
   DeviceArray<int32_t> argmax;                  // max pool
   DeviceArray<float> group_mean, group_invstd;  // group norm: (max batch, groups)
   const float* x = nullptr;                     // this step's input
@@ -254,10 +261,9 @@ class CudaBackend final : public StepBackend {
     int64_t widest = 0;
     for (const DeviceLayer& L : layers_) widest = std::max({widest, L.in.numel(), L.out.numel()});
     input_ = DeviceArray<float>(static_cast<size_t>(max_n_ * layers_.front().in.numel()));
+    scratch_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
     pinned_images_ = PinnedArray<float>(static_cast<size_t>(max_n_ * layers_.front().in.numel()));
     labels_ = DeviceArray<int32_t>(static_cast<size_t>(max_n_));
-    grad_a_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
-    grad_b_ = DeviceArray<float>(static_cast<size_t>(max_n_ * widest));
     row_loss_ = DeviceArray<double>(static_cast<size_t>(max_n_));
     loss_sum_ = DeviceArray<double>(1);
     SYNCBN_CUDA_CHECK(cudaStreamSynchronize(compute_));  // construction, not a step
@@ -295,6 +301,10 @@ class CudaBackend final : public StepBackend {
     }
     SYNCBN_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.size() * sizeof(float), compute_));
     for (DeviceLayer& L : layers_) {
+      if (L.consumers > 1) {  // a branch point: its readers add their gradients into it
+        SYNCBN_CUDA_CHECK(cudaMemsetAsync(
+            L.grad.get(), 0, static_cast<size_t>(n * L.out.numel()) * sizeof(float), compute_));
+      }
       if (L.bn == nullptr) continue;
       const size_t bytes = static_cast<size_t>(L.in.c) * sizeof(float);
       SYNCBN_CUDA_CHECK(cudaMemsetAsync(L.bn->grad_weight(), 0, bytes, compute_));
@@ -303,8 +313,8 @@ class CudaBackend final : public StepBackend {
 
     const float* logits = forward(n);
     nn::cuda::softmax_xent(logits, labels_.get(), n, classes,
-                           1.0 / static_cast<double>(batch.global_batch_size), grad_a_.get(),
-                           row_loss_.get(), loss_sum_.get(), stream());
+                           1.0 / static_cast<double>(batch.global_batch_size),
+                           layers_.back().grad.get(), row_loss_.get(), loss_sum_.get(), stream());
     SYNCBN_CUDA_CHECK(cudaMemcpyAsync(pinned_loss_.get(), loss_sum_.get(), sizeof(double),
                                       cudaMemcpyDeviceToHost, compute_));
     backward(n);
@@ -334,7 +344,7 @@ class CudaBackend final : public StepBackend {
     for (size_t i = 0; i < layers_.size(); ++i) {
       const DeviceLayer& L = layers_[i];
       if (L.bn == nullptr) continue;
-      const std::vector<nn::BufferRef> buffers = host_buffers(i);
+      const std::vector<nn::BufferRef> buffers = host_buffers(L.leaf);
       copy(buffers[0].f32->data(), L.bn->running_mean(), L.in.c);
       copy(buffers[1].f32->data(), L.bn->running_var(), L.in.c);
       *buffers[2].i64 = batches_tracked_base_[i] + L.bn->num_batches_tracked();
@@ -358,7 +368,7 @@ class CudaBackend final : public StepBackend {
     for (size_t i = 0; i < layers_.size(); ++i) {
       const DeviceLayer& L = layers_[i];
       if (L.bn == nullptr) continue;
-      const std::vector<nn::BufferRef> buffers = host_buffers(i);
+      const std::vector<nn::BufferRef> buffers = host_buffers(L.leaf);
       copy(L.bn->running_mean(), buffers[0].f32->data(), L.in.c);
       copy(L.bn->running_var(), buffers[1].f32->data(), L.in.c);
       batches_tracked_base_[i] = *buffers[2].i64 - L.bn->num_batches_tracked();
@@ -383,10 +393,10 @@ class CudaBackend final : public StepBackend {
                                       cudaMemcpyDefault, compute_));
   }
 
-  // running_mean, running_var, num_batches_tracked of host layer i.
-  std::vector<nn::BufferRef> host_buffers(size_t i) {
+  // running_mean, running_var, num_batches_tracked of host leaf `leaf`.
+  std::vector<nn::BufferRef> host_buffers(int leaf) {
     std::vector<nn::BufferRef> buffers;
-    model_.layer(i).collect_buffers(buffers);
+    model_.layer(static_cast<size_t>(leaf)).collect_buffers(buffers);
     SYNCBN_CHECK(buffers.size() == 3 && buffers[0].f32 != nullptr && buffers[1].f32 != nullptr &&
                  buffers[2].i64 != nullptr);
     return buffers;
@@ -416,11 +426,12 @@ class CudaBackend final : public StepBackend {
         SYNCBN_CHECK(bn_group_ != nullptr);
         nn::SyncBatchNormOptions options;  // the defaults of both CPU layers
         options.num_features = L.in.c;
-        L.bn = std::make_unique<nn::SyncBatchNormCuda>(options, bn_group_.get(), std::to_string(i));
+        L.bn = std::make_unique<nn::SyncBatchNormCuda>(options, bn_group_.get(), L.name);
         L.bn_local = bn_group_->size() == 1;
       }
       if (L.kind != Kind::kPassThrough)
         L.output = DeviceArray<float>(static_cast<size_t>(max_n_ * L.out.numel()));
+      L.grad = DeviceArray<float>(static_cast<size_t>(max_n_ * L.out.numel()));
       if (L.kind == Kind::kMaxPool)
         L.argmax = DeviceArray<int32_t>(static_cast<size_t>(max_n_ * L.out.numel()));
       if (L.kind == Kind::kGroupNorm) {
@@ -504,10 +515,15 @@ class CudaBackend final : public StepBackend {
     return k < 0 ? nullptr : grads_.get() + params_[static_cast<size_t>(k)].offset;
   }
 
+  // The output of node `node` (kModelInput: the batch).
+  const float* output_of(int node) const {
+    return node == kModelInput ? input_.get() : layers_[static_cast<size_t>(node)].y;
+  }
+
   const float* forward(int64_t n) {
-    const float* x = input_.get();
     const float one = 1.0f, zero = 0.0f;
     for (DeviceLayer& L : layers_) {
+      const float* x = output_of(L.input);
       L.x = x;
       L.y = L.output.get();
       const int64_t out_elements = n * L.out.numel();
@@ -551,31 +567,62 @@ class CudaBackend final : public StepBackend {
           nn::cuda::relu_forward(x, out_elements, L.y, stream());
           break;
         case Kind::kMaxPool:
-          nn::cuda::maxpool_forward(x, n * L.in.c, L.in.h, L.in.w, L.kernel, L.stride, 0, L.y,
-                                    L.argmax.get(), stream());
+          nn::cuda::maxpool_forward(x, n * L.in.c, L.in.h, L.in.w, L.kernel, L.stride, L.padding,
+                                    L.y, L.argmax.get(), stream());
           break;
         case Kind::kGap:
           nn::cuda::gap_forward(x, n * L.in.c, L.in.h * L.in.w, L.y, stream());
+          break;
+        case Kind::kAdd:
+          nn::cuda::add(x, output_of(L.shortcut), out_elements, L.y, stream());
           break;
         case Kind::kPassThrough:
           L.y = const_cast<float*>(x);  // flatten and identity: the same (N, C·H·W) memory
           break;
       }
-      x = L.y;
     }
-    return x;
+    return layers_.back().y;
   }
 
-  // Backward from dlogits in grad_a_; after each layer its parameters' gradients are final and
-  // may start their bucket's allreduce.
+  // Where node L's backward puts the gradient of its input node `input`: that node's gradient
+  // when L is its only reader, else the scratch buffer, added to it by settle_input_grad().
+  float* input_grad(int input) {
+    DeviceLayer& in = layers_[static_cast<size_t>(input)];
+    return in.consumers > 1 ? scratch_.get() : in.grad.get();
+  }
+  void settle_input_grad(int input, int64_t elements) {
+    DeviceLayer& in = layers_[static_cast<size_t>(input)];
+    if (in.consumers > 1) nn::cuda::accumulate(scratch_.get(), elements, in.grad.get(), stream());
+  }
+  // Routes a gradient unchanged to node `input` (pass-through layers, both operands of an add).
+  void pass_grad(const float* g, int input, int64_t elements) {
+    if (input == kModelInput || elements == 0) return;
+    DeviceLayer& in = layers_[static_cast<size_t>(input)];
+    if (in.consumers > 1) {
+      nn::cuda::accumulate(g, elements, in.grad.get(), stream());
+    } else {
+      SYNCBN_CUDA_CHECK(cudaMemcpyAsync(in.grad.get(), g,
+                                        static_cast<size_t>(elements) * sizeof(float),
+                                        cudaMemcpyDeviceToDevice, compute_));
+    }
+  }
+
+  // Backward from dlogits in the last node's gradient; after each node its parameters' gradients
+  // are final and may start their bucket's allreduce. Nodes run in reverse execution order, so a
+  // node's output gradient is complete (every reader has added to it) when its turn comes.
   void backward(int64_t n) {
-    float* g = grad_a_.get();
-    float* other = grad_b_.get();
     const float one = 1.0f, zero = 0.0f;
     for (size_t i = layers_.size(); i-- > 0;) {
       DeviceLayer& L = layers_[i];
-      const bool need_dx = i > 0;  // nothing consumes the input's gradient
-      bool swapped = false;
+      const float* g = L.grad.get();
+      const bool need_dx = L.input != kModelInput;  // nothing consumes the batch's gradient
+      const int64_t in_elements = n * L.in.numel();
+      float* dx = need_dx ? input_grad(L.input) : nullptr;
+      // cuDNN and cuBLAS add into a branch point's gradient themselves (beta = 1).
+      const bool blend = need_dx && layers_[static_cast<size_t>(L.input)].consumers > 1;
+      if (blend) dx = layers_[static_cast<size_t>(L.input)].grad.get();
+      const float* beta = blend ? &one : &zero;
+      bool settle = false;  // dx went to the scratch buffer
       switch (L.kind) {
         case Kind::kConv:
           if (n > 0) {
@@ -590,11 +637,10 @@ class CudaBackend final : public StepBackend {
             if (need_dx) {
               SYNCBN_CUDNN_CHECK(cudnnConvolutionBackwardData(
                   cudnn_.get(), &one, L.filter->get(), param_value(L.weight), plan.y.get(), g,
-                  L.conv->get(), plan.backward_data, workspace_.get(), workspace_.size(), &zero,
-                  plan.x.get(), other));
+                  L.conv->get(), plan.backward_data, workspace_.get(), workspace_.size(), beta,
+                  plan.x.get(), dx));
             }
           }
-          swapped = true;
           break;
         case Kind::kLinear:
           if (n > 0) {
@@ -609,40 +655,59 @@ class CudaBackend final : public StepBackend {
             if (need_dx) {
               SYNCBN_CUBLAS_CHECK(cublasSgemm(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, in,
                                               static_cast<int>(n), out, &one, param_value(L.weight),
-                                              in, g, out, &zero, other, in));
+                                              in, g, out, beta, dx, in));
             }
           }
-          swapped = true;
           break;
-        case Kind::kNorm:
-          if (n > 0 || !L.bn_local) L.bn->backward(g, g);  // dx in place
-          break;
-        case Kind::kGroupNorm:
-          if (n > 0) {  // dγ, dβ overwritten: the flat gradients of this step
-            norm::cuda::gn_backward(g, L.x, {n, L.in.c, L.in.h * L.in.w, false}, L.groups,
-                                    L.group_mean.get(), L.group_invstd.get(), param_value(L.weight),
-                                    other, param_grad(L.weight), param_grad(L.bias), stream());
-          }
-          swapped = true;
-          break;
-        case Kind::kRelu:
-          nn::cuda::relu_backward(g, L.y, n * L.out.numel(), g, stream());
-          break;
-        case Kind::kMaxPool:
-          nn::cuda::maxpool_backward(g, L.argmax.get(), n * L.in.c, L.in.h, L.in.w, L.kernel,
-                                     L.stride, 0, other, stream());
-          swapped = true;
-          break;
-        case Kind::kGap:
-          nn::cuda::gap_backward(g, n * L.in.c, L.in.h * L.in.w, other, stream());
-          swapped = true;
+        case Kind::kAdd:
+          pass_grad(g, L.input, n * L.out.numel());
+          pass_grad(g, L.shortcut, n * L.out.numel());
           break;
         case Kind::kPassThrough:
+          pass_grad(g, L.input, in_elements);
+          break;
+        default:
+          // The kernels below overwrite dx: a branch point's share goes through the scratch.
+          if (blend) dx = scratch_.get();
+          settle = blend;
+          if (!need_dx) dx = scratch_.get();  // computed, unused (a model starting with one)
+          backward_elementwise(L, n, g, dx);
           break;
       }
-      if (swapped) std::swap(g, other);
+      if (settle) settle_input_grad(L.input, in_elements);
       for (int k : {L.bias, L.weight})
         if (k >= 0) mark_ready(static_cast<size_t>(k));
+    }
+  }
+
+  // Norms, ReLU and the pools: dx (overwritten) from dy = g.
+  void backward_elementwise(DeviceLayer& L, int64_t n, const float* g, float* dx) {
+    switch (L.kind) {
+      case Kind::kNorm:
+        if (n > 0 || !L.bn_local) L.bn->backward(g, dx);
+        break;
+      case Kind::kGroupNorm:
+        if (n > 0) {  // dγ, dβ overwritten: the flat gradients of this step
+          norm::cuda::gn_backward(g, L.x, {n, L.in.c, L.in.h * L.in.w, false}, L.groups,
+                                  L.group_mean.get(), L.group_invstd.get(), param_value(L.weight),
+                                  dx, param_grad(L.weight), param_grad(L.bias), stream());
+        }
+        break;
+      case Kind::kRelu:
+        nn::cuda::relu_backward(g, L.y, n * L.out.numel(), dx, stream());
+        break;
+      case Kind::kMaxPool:
+        nn::cuda::maxpool_backward(g, L.argmax.get(), n * L.in.c, L.in.h, L.in.w, L.kernel,
+                                   L.stride, L.padding, dx, stream());
+        break;
+      case Kind::kGap:
+        nn::cuda::gap_backward(g, n * L.in.c, L.in.h * L.in.w, dx, stream());
+        break;
+      case Kind::kConv:
+      case Kind::kLinear:
+      case Kind::kAdd:
+      case Kind::kPassThrough:
+        SYNCBN_CHECK(false && "not an elementwise node");
     }
   }
 
@@ -690,7 +755,7 @@ class CudaBackend final : public StepBackend {
   std::vector<DeviceParam> params_;
   std::vector<Bucket> buckets_;
   DeviceArray<float> values_, grads_, momentum_;
-  DeviceArray<float> input_, grad_a_, grad_b_;
+  DeviceArray<float> input_, scratch_;
   DeviceArray<int32_t> labels_;
   DeviceArray<double> row_loss_, loss_sum_;
   DeviceArray<unsigned char> workspace_;
