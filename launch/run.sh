@@ -4,7 +4,9 @@
 #   launch/run.sh --hostfile FILE --np N [--config FILE] [--max-restarts K] [options]
 #                 [-- extra `syncbn train` arguments]
 #
-# Starts the coordinator on this host (the head node), then `mpirun` across the hostfile's hosts
+# Starts the coordinator on this host (the head node; restarted on the same address and state if
+# it dies, see launch/coordinator.sh; a fresh 0600 token per run, also on loopback), then
+# `mpirun` across the hostfile's hosts
 # with the coordinator address, run id and launch generation forwarded to every rank (-x). When
 # the job fails — a rank dies, a host drops, mpirun exits non-zero, or a rank stops making
 # progress (no heartbeat for --stall-timeout seconds) — it relaunches with --resume and the next
@@ -86,6 +88,8 @@ out=${out:-$root/runs/$run_id}
 
 binary=${SYNCBN_BIN:-$root/build/src/cli/syncbn}
 [[ -x $binary ]] || "$root/launch/setup.sh"
+# shellcheck source=launch/coordinator.sh
+. "$root/launch/coordinator.sh"
 
 # The hostfile: "host [slots=N]" lines; comments and blank lines skipped.
 hosts=() slots=()
@@ -122,10 +126,9 @@ global_batch=$((np * per_rank_batch))
 
 mkdir -p "$out"
 
-# The coordinator: loopback when every host is this one; else an address the hosts reach, which
-# then needs a token (readable by the ranks: on a real cluster, keep --out on a shared file
+# The coordinator: loopback when every host is this one; else an address the hosts reach. Either
+# way with a fresh token (readable by the ranks: on a real cluster, keep --out on a shared file
 # system).
-coordinator_args=()
 if ((all_local)); then
   listen=127.0.0.1:0
 else
@@ -144,39 +147,22 @@ print(next((a.split("/")[0] for a in sys.stdin.read().split()
   fi
   [[ -n $coordinator_host ]] || bad_usage "cannot tell which address the hosts reach this one at; pass --coordinator-host"
   listen=$coordinator_host:0
-  token_file=$out/token
-  if [[ ! -s $token_file ]]; then
-    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '\n=+/' >"$token_file")
-  fi
-  coordinator_args=(--token-file "$token_file")
-  export SYNCBN_COORDINATOR_TOKEN_FILE=$token_file
 fi
+token_file=$(new_token_file "$out")
+export SYNCBN_COORDINATOR_TOKEN_FILE=$token_file SYNCBN_SPILL_DIR=$out/spill
 
-mpirun_pid='' coordinator_pid=''
+mpirun_pid=''
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
   if [[ -n $mpirun_pid ]]; then kill -KILL -- "-$mpirun_pid" 2>/dev/null || true; fi
-  if [[ -n $coordinator_pid ]]; then kill "$coordinator_pid" 2>/dev/null || true; fi
+  stop_coordinator
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-"$binary" coordinator --listen "$listen" --state-dir "$out/coordinator" "${coordinator_args[@]}" \
-  >>"$out/coordinator.log" 2>&1 &
-coordinator_pid=$!
-address=
-for _ in $(seq 100); do
-  address=$(sed -n 's/^listening on //p' "$out/coordinator.log" | tail -1)
-  [[ -n $address ]] && break
-  kill -0 "$coordinator_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if [[ -z $address ]]; then
-  log "the coordinator did not start:"
-  cat "$out/coordinator.log" >&2
-  exit 1
-fi
+start_coordinator run.sh "$out" "$listen" --token-file "$token_file" || exit 1
+address=$coordinator_address
 export SYNCBN_COORDINATOR=$address SYNCBN_RUN_ID=$run_id
 
 # A host is usable when the launch agent can run a command there that reaches the coordinator.
@@ -262,7 +248,7 @@ while :; do
   launched=$(date +%s)
   setsid mpirun -np "$ranks" --hostfile "$attempt_hostfile" "${mpi_flags[@]}" "${mpirun_extra[@]}" \
     -x SYNCBN_COORDINATOR -x SYNCBN_RUN_ID -x SYNCBN_GENERATION \
-    ${SYNCBN_COORDINATOR_TOKEN_FILE:+-x SYNCBN_COORDINATOR_TOKEN_FILE} "$binary" "${args[@]}" &
+    -x SYNCBN_COORDINATOR_TOKEN_FILE -x SYNCBN_SPILL_DIR "$binary" "${args[@]}" &
   mpirun_pid=$!
   reason=
   while kill -0 "$mpirun_pid" 2>/dev/null; do

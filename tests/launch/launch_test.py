@@ -10,6 +10,11 @@
   launch_test.py BIN budget     a job that always fails (a rank killed, or stuck before its
                                 first step) stops after exactly K+1 attempts, exit 3, naming the
                                 last failure
+  launch_test.py BIN coordinator  launch/train.sh and launch/run.sh: the coordinator SIGKILLed
+                                three times mid-run is restarted each time (counted in the log);
+                                the run finishes with weights byte-identical to an uninterrupted
+                                run and every checkpoint step committed; each run has a fresh
+                                0600 token
   launch_test.py BIN cluster-match    3 hosts (network namespaces) × 2 ranks == one host × 6
   launch_test.py BIN cluster-failure  every process of one host killed and its link cut mid-run:
                                       restarted on the 2 others (4 ranks, same global batch) from
@@ -330,8 +335,109 @@ def check_cluster_latency(binary, tmp, hostfile, cluster_args):
           f"{p0.seconds:.1f} s unshaped and ended with the same weights")
 
 
+TRAIN_SH = os.path.join(ROOT, "launch", "train.sh")
+OUTAGE_ARGS = ["--no-progress", "--set", "train.steps=40", "--set", "checkpoint.every_steps=4",
+               "--set", "checkpoint.keep_last=20", "--set", "data.test_limit=200"]
+
+
+def committed(binary, out, run_id):
+    """The steps the run's coordinator state holds, read through a coordinator started on it
+    (the launcher stopped its own)."""
+    token = os.path.join(out, "token")
+    coordinator = subprocess.Popen([binary, "coordinator", "--listen", "127.0.0.1:0",
+                                    "--state-dir", os.path.join(out, "coordinator"),
+                                    "--token-file", token], stdout=subprocess.PIPE, text=True)
+    try:
+        line = coordinator.stdout.readline()
+        if not line.startswith("listening on "):
+            fail(f"a coordinator on {out}/coordinator did not start: {line!r}")
+        listing = subprocess.run([binary, "ckpt", "list", "--run", run_id, "--token-file", token,
+                                  "--coordinator", line.split()[-1]],
+                                 capture_output=True, text=True, timeout=60)
+    finally:
+        coordinator.terminate()
+        coordinator.wait(timeout=30)
+    if listing.returncode != 0:
+        fail(f"ckpt list of {out}: {listing.stderr}")
+    return sorted(int(line.split()[0]) for line in listing.stdout.splitlines()[1:])
+
+
+def kill_coordinator_three_times(out, proc):
+    """SIGKILLs the coordinator of a launcher run three times, once it has committed step 4 and
+    then every 2.5 s; returns the launcher's output."""
+    log = os.path.join(out, "coordinator.log")
+    for _ in range(600):
+        if os.path.exists(log) and "committed checkpoint step 4 " in open(log).read():
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        fail(f"{out}: the coordinator never committed step 4")
+    for _ in range(3):
+        pid = int(open(os.path.join(out, "coordinator.pid")).read())
+        os.kill(pid, 9)
+        time.sleep(2.5)
+    stdout, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stdout + stderr
+
+
+def check_coordinator(binary, tmp):
+    env = dict(os.environ, SYNCBN_BIN=binary)
+    # train.sh: uninterrupted, then with the coordinator killed three times.
+    runs = {}
+    for name, slow in (("plain", "0"), ("killed", "150")):
+        out = os.path.join(tmp, name)
+        proc = subprocess.Popen([TRAIN_SH, "--np", "2", "--config", CONFIG, "--out", out, "--",
+                                 *OUTAGE_ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(env, SYNCBN_TEST_STEP_SLEEP_MS=slow))
+        if name == "killed":
+            rc, log = kill_coordinator_three_times(out, proc)
+        else:
+            stdout, stderr = proc.communicate(timeout=300)
+            rc, log = proc.returncode, stdout + stderr
+        if rc != 0:
+            fail(f"train.sh ({name}) exited {rc}:\n{log[-3000:]}")
+        runs[name] = (out, log)
+    out, log = runs["killed"]
+    if "restart 3 of 10" not in log:
+        fail(f"train.sh: no third coordinator restart in its log:\n{log[-3000:]}")
+    if weights(out) != weights(runs["plain"][0]):
+        fail("train.sh: weights differ from the uninterrupted run's")
+    steps = committed(binary, out, "killed")
+    if steps != list(range(4, 41, 4)):
+        fail(f"train.sh: the coordinator holds steps {steps}, expected 4, 8, ..., 40")
+    for name in runs:
+        mode = os.stat(os.path.join(runs[name][0], "token")).st_mode & 0o777
+        if mode != 0o600:
+            fail(f"train.sh: the run's token file has mode {oct(mode)}, expected 0600")
+    print("ok: train.sh: coordinator killed 3 times, restarted 3 times; weights byte-identical; "
+          "steps 4..40 committed; 0600 token")
+
+    # run.sh: the same, against an uninterrupted run.sh run.
+    hosts = localhost_hostfile(tmp, 2)
+    base = os.path.join(tmp, "run_plain")
+    expect_ok(run_sh(binary, base, hosts, 2, train_args=OUTAGE_ARGS), "uninterrupted run.sh run")
+    out = os.path.join(tmp, "run_killed")
+    cmd = [RUN, "--hostfile", hosts, "--np", "2", "--config", CONFIG, "--out", out,
+           "--run-id", "run_killed", "--", *OUTAGE_ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(env, SYNCBN_TEST_STEP_SLEEP_MS="150"))
+    rc, log = kill_coordinator_three_times(out, proc)
+    if rc != 0 or "restart 3 of 10" not in log or "generation 1" in log:
+        fail(f"run.sh: expected one generation and three coordinator restarts, exit 0; got "
+             f"{rc}:\n{log[-3000:]}")
+    if weights(out) != weights(base):
+        fail("run.sh: weights differ from the uninterrupted run's")
+    steps = committed(binary, out, "run_killed")
+    if steps != list(range(4, 41, 4)):
+        fail(f"run.sh: the coordinator holds steps {steps}, expected 4, 8, ..., 40")
+    print("ok: run.sh: coordinator killed 3 times, restarted 3 times, no relaunch; weights "
+          "byte-identical; steps 4..40 committed")
+
+
 CHECKS = {
     "usage": check_usage,
+    "coordinator": check_coordinator,
     "restart": check_restart,
     "budget": check_budget,
     "cluster-match": check_cluster_match,
