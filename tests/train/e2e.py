@@ -4,7 +4,11 @@
   e2e.py BIN equivalence   -np 4 × 8 with SyncBN == -np 1 × 32 with BN, step by step
   e2e.py BIN uneven        -np 3 with a last batch that splits unevenly == -np 1
   e2e.py BIN determinism   two identical runs: byte-identical weights and metrics
-  e2e.py BIN interop       exported weights load into torch.nn.Sequential; same accuracy
+  e2e.py BIN resnet_equivalence  resnet20: -np 4 × 8 with SyncBN == -np 1 × 32 with BN
+  e2e.py BIN resnet_uneven       resnet20: -np 3 with an unevenly split last batch == -np 1
+  e2e.py BIN resnet_resume       resnet20: a rank killed mid-run, resumed: byte-identical weights
+  e2e.py BIN interop       exported weights load into the program `syncbn model --torch` prints;
+                           same accuracy
   e2e.py BIN errors        bad config / data / weights: clear message, non-zero exit, no hang
   e2e.py BIN cuda_vs_cpu NP  device: cuda against the CPU trainer on NP ranks (label gpu): per-step
                            loss and final weights within tolerance, for every norm; the
@@ -152,6 +156,52 @@ def uneven(binary, out):
                  weight_tol=1e-3)
 
 
+# resnet20 (He et al.'s CIFAR network, projection shortcuts) on a few hundred images, evaluated on
+# 100: its 19 SyncBN layers, two of them in a downsample shortcut, must keep the defining
+# property through residual blocks. Same tolerances as small_cnn's.
+RESNET = ["model.preset=resnet20", "data.test_limit=100"]
+
+
+def resnet_equivalence(binary, out):
+    base = RESNET + ["data.shuffle=true", "data.augment=true", "train.log_every=1",
+                     EQUIVALENCE_LR, "train.steps=3", "train.warmup_steps=0"]
+    ma, wa, _ = train(binary, 4, out, "r20_np4", base + ["model.norm=syncbn", "train.per_rank_batch=8"])
+    mb, wb, _ = train(binary, 1, out, "r20_np1", base + ["model.norm=bn", "train.per_rank_batch=32"])
+    # 20 layers of float32 rounding through 3 momentum steps: weights agree to ~2e-5 of their
+    # scale (measured 1.65e-5), losses to 1e-6.
+    compare_runs(ma, wa, mb, wb, 1e-6, "resnet20, 3 steps: np4x8 syncbn vs np1x32 bn",
+                 weight_tol=1e-4)
+    # Negative control: local BN statistics on 4 x 8 are not the 32-sample statistics.
+    mc, _, _ = train(binary, 4, out, "r20_np4_bn", base + ["model.norm=bn", "train.per_rank_batch=8"])
+    la = [m["loss"] for m in read_metrics(mc) if m["kind"] == "train"]
+    lb = [m["loss"] for m in read_metrics(mb) if m["kind"] == "train"]
+    worst = max(abs(x - y) / abs(y) for x, y in zip(la, lb))
+    if worst < 1e-4:
+        sys.exit(f"resnet_equivalence: local BN on 4 x 8 matches the 32-sample run ({worst:.2e})")
+    print(f"resnet20: local BN np4x8 differs from np1x32 by {worst:.2e} (negative control)")
+
+
+def resnet_uneven(binary, out):
+    # 100 images, global batch 24: the 5th batch holds 4 samples, split 2/1/1 over 3 ranks.
+    common = RESNET + ["data.train_limit=100", "train.steps=5", "train.log_every=1",
+                       "data.augment=true", EQUIVALENCE_LR, "train.warmup_steps=0"]
+    ma, wa, _ = train(binary, 3, out, "r20_np3", common + ["model.norm=syncbn", "train.per_rank_batch=8"])
+    mb, wb, _ = train(binary, 1, out, "r20_np1_24", common + ["model.norm=bn", "train.per_rank_batch=24"])
+    compare_runs(ma, wa, mb, wb, 1e-4, "resnet20: np3x8 syncbn (uneven last batch) vs np1x24 bn",
+                 weight_tol=1e-3)
+
+
+def resnet_resume(binary, out):
+    base = RESNET + ["train.steps=10", "checkpoint.every_steps=3", "train.log_every=1",
+                     "train.per_rank_batch=4"]
+    _, wu, _ = train(binary, 2, out, "r20_uninterrupted", base)
+    _, w, saved = killed_then_resumed(binary, out, "r20_kill", 2, base, 7, 1)
+    if not same_bytes(w, wu):
+        sys.exit(f"resnet_resume: weights differ from the uninterrupted run (checkpoints {saved})")
+    print(f"resnet_resume: resnet20, rank 1 killed after step 7, resumed from {saved[-1]}: "
+          "weights byte-identical to the uninterrupted run")
+
+
 def determinism(binary, out):
     ma, wa, _ = train(binary, 2, out, "run_a", [])
     mb, wb, _ = train(binary, 2, out, "run_b", [])
@@ -282,9 +332,15 @@ def cuda_vs_cpu(binary, out, np_):
     base = ["data.train_limit=100", "train.log_every=1", EQUIVALENCE_LR]
     runs = [("syncbn", 3, 1e-5, 1e-4), ("syncbn", 20, 1e-4, 1e-2)]
     runs += [(norm, 8, 1e-4, 1e-2) for norm in ("bn", "gn", "ln", "in", "none")]
-    for norm, steps, loss_tol, weight_tol in runs:
-        sets = base + [f"model.norm={norm}", f"train.steps={steps}", "train.warmup_steps=0"]
-        name = f"cuda_{norm}_{steps}_np{np_}"
+    runs = [("small_cnn",) + r for r in runs]
+    # The residual graph: add nodes, saved skip activations, gradients accumulated at the blocks'
+    # inputs, SyncBN in the downsample shortcuts.
+    runs += [("resnet20", "syncbn", 3, 1e-5, 1e-4), ("resnet20", "syncbn", 10, 1e-4, 1e-2),
+             ("resnet20", "gn", 5, 1e-4, 1e-2)]
+    for preset, norm, steps, loss_tol, weight_tol in runs:
+        sets = base + [f"model.preset={preset}", f"model.norm={norm}", f"train.steps={steps}",
+                       "train.warmup_steps=0"]
+        name = f"cuda_{preset}_{norm}_{steps}_np{np_}"
         mc, wc, proc = train(binary, np_, out, name, sets + ["device=cuda"], check=False)
         text = proc.stdout + proc.stderr
         if proc.returncode != 0:
@@ -294,10 +350,11 @@ def cuda_vs_cpu(binary, out, np_):
                     print(f"cuda_vs_cpu: skipped, {reason}")
                     sys.exit(77)
             sys.exit(f"{name}: failed ({proc.returncode}):\n{text}")
-        mp, wp, _ = train(binary, np_, out, f"cpu_{norm}_{steps}_np{np_}", sets)
-        compare_runs(mc, wc, mp, wp, loss_tol, f"{steps} steps, {norm}, np{np_}: cuda vs cpu",
+        mp, wp, _ = train(binary, np_, out, f"cpu_{preset}_{norm}_{steps}_np{np_}", sets)
+        compare_runs(mc, wc, mp, wp, loss_tol,
+                     f"{preset}, {steps} steps, {norm}, np{np_}: cuda vs cpu",
                      weight_tol=weight_tol)
-        if norm == "syncbn" and steps == 20:
+        if preset == "small_cnn" and norm == "syncbn" and steps == 20:
             train(binary, 1, out, "cpu_from_cuda", ["train.steps=1"], ["--init-from", wc])
             print("cuda_vs_cpu: weights exported by the CUDA run load in the CPU trainer")
 
@@ -414,6 +471,8 @@ def main():
             {"device": device, "cuda_vs_cpu": cuda_vs_cpu}[check](binary, out, sys.argv[3])
             return
         {"equivalence": equivalence, "uneven": uneven, "determinism": determinism,
+         "resnet_equivalence": resnet_equivalence, "resnet_uneven": resnet_uneven,
+         "resnet_resume": resnet_resume,
          "interop": interop, "errors": errors, "resume": resume,
          "coordinator": coordinator}[check](binary, out)
 
