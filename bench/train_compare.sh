@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Training throughput of `syncbn train` (2 MPI ranks, SyncBN) against PyTorch 1.13 DDP over gloo
-# with an all-reduce SyncBN (bench/torch_ddp_train.py), same model (small_cnn), same optimizer,
-# 2 ranks x 1 thread, per-rank batch 4 and 32. One Markdown table on stdout; progress on stderr.
-# A benchmark, not a test: it fails only if a run fails or the two models differ.
+# with an all-reduce SyncBN (bench/torch_ddp_train.py), same model (the program `syncbn model
+# --torch` prints: block classes and all), same optimizer, 2 ranks x 1 thread, per-rank batch 4
+# and 32. One Markdown table on stdout; progress on stderr. A benchmark, not a test: it fails only
+# if a run fails or the two models differ.
 #
-#   bench/train_compare.sh
+#   bench/train_compare.sh                 # resnet20
+#   MODEL=small_cnn bench/train_compare.sh
 #
 # Environment:
+#   MODEL      model.preset of both sides (default resnet20; any preset, e.g. small_cnn).
 #   BUILD_DIR  CMake build directory (default: build); configured here if it has no
 #              CMakeCache.txt yet.
 #   PYTHON     interpreter with python3-torch (default: /usr/bin/python3, Debian's, not pyenv).
@@ -40,6 +43,11 @@ log_every=10
 batches=(4 32)
 declare -A timed_steps=([4]=100 [32]=50)
 config=configs/fashion_mnist.yaml
+model="${MODEL:-resnet20}"
+if ! [[ "${model}" =~ ^[a-z0-9_]+$ ]]; then
+  echo "error: MODEL must be a model.preset name, got '${model}'" >&2
+  exit 2
+fi
 
 if [[ ! -f "${build_dir}/CMakeCache.txt" ]]; then
   echo "== configuring ${build_dir}" >&2
@@ -57,7 +65,8 @@ fi
 work_dir="$(mktemp -d)"
 trap 'rm -rf "${work_dir}"' EXIT
 
-"${syncbn}" model --config "${config}" --torch >"${work_dir}/model.txt"
+"${syncbn}" model --config "${config}" --set "model.preset=${model}" --torch \
+  >"${work_dir}/model.txt"
 
 mpi_flags=(--bind-to none --mca mpi_yield_when_idle 1)
 ((world_size > $(nproc))) && mpi_flags+=(--oversubscribe)
@@ -67,7 +76,7 @@ ours_cmd() {  # ours_cmd BATCH METRICS_FILE -> sets cmd
   local batch="$1" metrics="$2"
   local steps=$((warmup + timed_steps[${batch}]))
   cmd=(mpirun -np "${world_size}" "${mpi_flags[@]}" "${syncbn}" train --config "${config}"
-    --set "train.per_rank_batch=${batch}" --set train.epochs=0 --set "train.steps=${steps}"
+    --set "model.preset=${model}" --set "train.per_rank_batch=${batch}" --set train.epochs=0 --set "train.steps=${steps}"
     --set "train.log_every=${log_every}" --set train.schedule=constant
     --set train.warmup_steps=0 --set data.test_limit=100 --set train.threads=1
     --no-progress --metrics-out "${metrics}")
@@ -113,12 +122,13 @@ load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== load after: ${load_after}" >&2
 
 "${python}" - "${work_dir}" "${reps}" "${warmup}" "${world_size}" "${load_before}" \
-  "${load_after}" "${arch_line}" "${batches[*]}" <<'PY'
+  "${load_after}" "${arch_line}" "${batches[*]}" "${model}" <<'PY'
 import json
 import statistics
 import sys
 
-work_dir, reps, warmup, world_size, load_before, load_after, arch_line, batches = sys.argv[1:9]
+work_dir, reps, warmup, world_size, load_before, load_after, arch_line, batches, model = \
+    sys.argv[1:10]
 reps, warmup, world_size = int(reps), int(warmup), int(world_size)
 arch = dict(kv.split("=") for kv in arch_line.split()[1:])
 
@@ -147,7 +157,7 @@ def torch_result(path):
     return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
 
 
-print(f"Per-rank batch x {world_size} ranks, 1 thread per rank, SyncBN over all ranks; "
+print(f"{model} on Fashion-MNIST, per-rank batch x {world_size} ranks, 1 thread per rank, SyncBN over all ranks; "
       f"{warmup} warm-up steps, then 100 (batch 4) / 50 (batch 32) timed steps; medians of "
       f"{reps} interleaved repetitions (range in brackets). Load average (1/5/15 min) "
       f"before/after: {load_before} / {load_after}.")
@@ -192,7 +202,8 @@ for line in runs:
 PY
 
 echo
-echo "Commands (repetition 1; \`syncbn model --config ${config} --torch\` wrote model.txt):"
+echo "Commands (repetition 1; \`syncbn model --config ${config} --set model.preset=${model} --torch\`"
+echo "wrote model.txt):"
 echo
 echo '```'
 for c in "${commands[@]}"; do
