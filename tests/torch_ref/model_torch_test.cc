@@ -164,18 +164,20 @@ class GradientCases {
   std::vector<GradientCase> cases_;
 };
 
-// One residual block (a stride-2 block has a downsample), then pool, flatten and a classifier.
+// A conv, one residual block (a stride-2 block has a downsample), pool, flatten, a classifier.
 ModuleSpec one_block(const Config& config, ModuleSpec::Kind kind, const SampleShape& in,
                      int64_t planes, int64_t stride) {
   ModuleSpec root;
   root.kind = ModuleSpec::Kind::kSequential;
   root.pyclass = "Sequential";
   root.in = root.out = in;
-  root.children.push_back(block_spec(config, kind, "", "0", in, planes, stride));
+  // A conv before the block, so that the block's input gradient (both branches) is checked.
+  add_leaf(config, root, "0", {LayerType::kConv, in.c, 3, 1, 1, true});
+  root.children.push_back(block_spec(config, kind, "", "1", in, planes, stride));
   root.out = root.children.back().out;
-  add_leaf(config, root, "1", {LayerType::kGap});
-  add_leaf(config, root, "2", {LayerType::kFlatten});
-  add_leaf(config, root, "3", {LayerType::kLinear, 5});
+  add_leaf(config, root, "2", {LayerType::kGap});
+  add_leaf(config, root, "3", {LayerType::kFlatten});
+  add_leaf(config, root, "4", {LayerType::kLinear, 5});
   return root;
 }
 
