@@ -6,7 +6,7 @@
                               takes 3x32x32 inputs; over 60 steps the loss falls and the test
                               accuracy is far above chance; PyTorch, given the exported weights
                               and the test file normalized on its own, gets the same test loss
-                              and accuracy
+                              and accuracy, for small_cnn and for resnet20
   cifar10_e2e.py BIN resume   a rank killed after an epoch boundary, relaunched with --resume
                               (and another checkpoint.every_steps): weights byte-identical to
                               an uninterrupted run; resuming the
@@ -23,7 +23,8 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train"))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TESTS, "train"))
 import e2e  # noqa: E402
 
 RECORD = 3073  # 1 label byte + 3 x 32 x 32 pixel bytes (CHW)
@@ -90,17 +91,28 @@ def train(binary, out):
     print(f"train: first conv {first_conv}, loss {first:.3f} -> {last:.3f} over 60 steps, "
           f"test accuracy {evals[-1]['accuracy']:.3f} on 200 images")
     torch_eval(binary, data, weights, evals[-1])
+    # resnet20 (He et al.'s CIFAR network) on the same files: 3-channel conv1, and PyTorch agrees.
+    m, weights, _ = e2e.train(binary, 2, out, "cifar_resnet20",
+                              base + ["train.steps=8", "train.lr=0.05", "model.norm=syncbn",
+                                      "model.preset=resnet20", "train.per_rank_batch=8"])
+    conv1 = e2e.read_safetensors(weights)["conv1.weight"][0]
+    if conv1 != [16, 3, 3, 3]:
+        sys.exit(f"train: resnet20's conv1 has shape {conv1}; expected [16, 3, 3, 3]")
+    torch_eval(binary, data, weights, [r for r in e2e.read_metrics(m) if r["kind"] == "eval"][-1],
+               "resnet20")
 
 
-def torch_eval(binary, data, weights, ours):
+def torch_eval(binary, data, weights, ours, preset="small_cnn"):
     """The exported weights in the PyTorch model `syncbn model --torch` prints, on test_batch.bin
     read and normalized here: the same test loss and accuracy as our evaluation."""
     import subprocess
     import torch
     code = subprocess.run([binary, "model", "--config", e2e.CONFIG, "--set", "data.format=cifar10",
-                           "--set", f"data.dir={data}", "--torch"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    model = eval(code, {"torch": torch})
+                           "--set", f"data.dir={data}", "--set", f"model.preset={preset}",
+                           "--torch"], capture_output=True, text=True, check=True).stdout
+    scope = {}
+    exec(code, scope)  # the program ends in `model = SyncbnModel()`
+    model = scope["model"]
     state = {name: torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float)
                                 else torch.int64).reshape(shape)
              for name, (shape, values) in e2e.read_safetensors(weights).items()}
@@ -116,9 +128,10 @@ def torch_eval(binary, data, weights, ours):
         logits = model((images - mean) / std)
     loss = float(torch.nn.functional.cross_entropy(logits.double(), labels))
     accuracy = int((logits.argmax(1) == labels).sum()) / len(labels)
-    print(f"torch_eval: weights loaded strictly; test loss ours {ours['loss']:.6f}, torch "
+    print(f"torch_eval {preset}: weights loaded strictly; test loss ours {ours['loss']:.6f}, torch "
           f"{loss:.6f}; accuracy ours {ours['accuracy']:.3f}, torch {accuracy:.3f}")
-    if abs(ours["loss"] - loss) > 1e-4 * loss or abs(ours["accuracy"] - accuracy) > 1.5 / len(labels):
+    if (abs(ours["loss"] - loss) > 1e-4 * loss
+            or abs(ours["accuracy"] - accuracy) > 1.5 / len(labels)):
         sys.exit("torch_eval: our evaluation and PyTorch's disagree")
 
 
@@ -176,7 +189,8 @@ def errors(binary, out):
     expect_every_rank(binary, out, "truncated", cifar_sets(d),
                       [os.path.join(d, "test_batch.bin"), "1 records and 100 bytes over",
                        "truncated"])
-    d = broken("bad_label", "data_batch_5.bin", batch2[:2 * RECORD] + b"\x0a" + batch2[2 * RECORD + 1:])
+    bad_label = batch2[:2 * RECORD] + b"\x0a" + batch2[2 * RECORD + 1:]  # record 2's label is 10
+    d = broken("bad_label", "data_batch_5.bin", bad_label)
     expect_every_rank(binary, out, "bad_label", cifar_sets(d),
                       [os.path.join(d, "data_batch_5.bin"), "label 10 of record 2",
                        "expected 0..9"], np_=3)
