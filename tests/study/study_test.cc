@@ -75,6 +75,10 @@ TEST(StudyConfig, TheShippedConfigsAreValid) {
   // Every global batch divides the training set: every step is a full batch.
   for (int64_t b : real.per_rank_batches)
     EXPECT_EQ(real.base.data.train_limit % (b * real.world_size), 0) << b;
+  const StudyConfig resnet = load_study_config(kConfigs + "/study_resnet20.yaml");
+  EXPECT_EQ(resnet.base.model.preset, "resnet20");
+  for (int64_t b : resnet.per_rank_batches)
+    EXPECT_EQ(resnet.base.data.train_limit % (b * resnet.world_size), 0) << b;
   const StudyConfig tiny = load_study_config(kConfigs + "/study_tiny.yaml");
   EXPECT_EQ(tiny.world_size, 2);
   EXPECT_LE(expand_runs(tiny).size(), 4u);
