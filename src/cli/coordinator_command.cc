@@ -15,6 +15,7 @@
 #include "coordinator/server.h"
 #include "coordinator/token.h"
 #include "core/error.h"
+#include "core/escape.h"
 #include "core/hash.h"
 
 namespace {
@@ -25,7 +26,8 @@ using syncbn::hex64;
 constexpr const char* kCoordinatorUsage =
     "usage: syncbn coordinator --state-dir DIR [--listen ADDR] [--token-file FILE]\n"
     "                          [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]\n"
-    "                          [--keep-last K]\n"
+    "                          [--keep-last K] [--max-runs N] [--max-config-bytes B]\n"
+    "                          [--metrics-per-run M]\n"
     "\n"
     "  --listen ADDR      host:port to serve on (default 127.0.0.1:0: loopback, a free port;\n"
     "                     the bound address is printed as 'listening on HOST:PORT')\n"
@@ -34,11 +36,28 @@ constexpr const char* kCoordinatorUsage =
     "                     ADDR is not a loopback address\n"
     "  --tls-cert PEM, --tls-key PEM   serve TLS; --tls-client-ca PEM also requires client\n"
     "                     certificates signed by that CA\n"
-    "  --keep-last K      checkpoints kept per run unless the run asks otherwise (default 3)\n";
+    "  --keep-last K      checkpoints kept per run unless the run asks otherwise (default 3)\n"
+    "  --max-runs N       runs kept at once; a Join of one more is refused with\n"
+    "                     RESOURCE_EXHAUSTED (default 256)\n"
+    "  --max-config-bytes B  largest config YAML a Join may send (default 262144, at most\n"
+    "                     1048576); larger: RESOURCE_EXHAUSTED\n"
+    "  --metrics-per-run M   metrics reports kept per run, the oldest dropped (default 32)\n"
+    "  -h, --help         this help\n"
+    "\n"
+    "ADDR is HOST:PORT (port 0 to 65535), [IPV6]:PORT (e.g. [::1]:7390) or unix:PATH (the\n"
+    "socket is made accessible to this user only). Exits 0 on SIGINT or SIGTERM, 2 without\n"
+    "--state-dir, 1 on any other error (bad options included).\n"
+    "\n"
+    "environment: none (clients use SYNCBN_COORDINATOR and SYNCBN_COORDINATOR_TOKEN_FILE)\n";
 
 constexpr const char* kStatusUsage =
     "usage: syncbn status [--coordinator ADDR] [--run ID] [--json] [--token-file FILE]\n"
     "                     [--tls-ca PEM]\n"
+    "  a coordinator's runs: ranks, heartbeats, progress, checkpoints, recent metrics\n"
+    "  (all runs: the newest metrics of each; --run ID: all the run keeps); -h, --help: this\n"
+    "  help\n"
+    "environment:\n"
+    "  SYNCBN_COORDINATOR, SYNCBN_COORDINATOR_TOKEN_FILE (see below)\n"
     "  ADDR defaults to $SYNCBN_COORDINATOR, FILE to $SYNCBN_COORDINATOR_TOKEN_FILE;\n"
     "  --json prints one JSON object per run and line (what launch/run.sh reads to find\n"
     "  stuck ranks)\n";
@@ -163,8 +182,8 @@ void print_run(const coord::RunStatus& run) {
     }
     const std::string step = rank.last_step >= 0 ? std::to_string(rank.last_step) : "-";
     std::printf("  %6d  %-24s %10" PRId64 " %10s  %s%s\n", rank.rank,
-                rank.host.empty() ? "?" : rank.host.c_str(), rank.pid, step.c_str(),
-                age(rank.heartbeat_age_ms).c_str(), note.c_str());
+                rank.host.empty() ? "?" : syncbn::escape_control(rank.host).c_str(), rank.pid,
+                step.c_str(), age(rank.heartbeat_age_ms).c_str(), note.c_str());
   }
   if (run.newest_checkpoint) {
     const auto& c = *run.newest_checkpoint;
@@ -183,8 +202,8 @@ void print_run(const coord::RunStatus& run) {
       std::string values;
       for (const auto& [name, value] : m.values) {
         char text[96];
-        std::snprintf(text, sizeof(text), "%s%s %.6g", values.empty() ? "" : ", ", name.c_str(),
-                      value);
+        std::snprintf(text, sizeof(text), "%s%s %.6g", values.empty() ? "" : ", ",
+                      syncbn::escape_control(name).c_str(), value);
         values += text;
       }
       std::printf("    step %" PRId64 " rank %d: %s\n", m.step, m.rank, values.c_str());
@@ -218,6 +237,12 @@ int coordinator_command(int argc, char** argv) {
         options.tls_client_ca_file = args.value();
       } else if (flag == "--keep-last") {
         options.keep_last = static_cast<int32_t>(args.int_value(1, coord::kMaxKeepLast));
+      } else if (flag == "--max-runs") {
+        options.max_runs = args.int_value(1, 1'000'000);
+      } else if (flag == "--max-config-bytes") {
+        options.max_config_bytes = args.int_value(1, static_cast<int64_t>(coord::kMaxConfigBytes));
+      } else if (flag == "--metrics-per-run") {
+        options.metrics_per_run = args.int_value(1, 100'000);
       } else {
         args.unknown("coordinator");
       }
@@ -245,7 +270,8 @@ int coordinator_command(int argc, char** argv) {
     server.shutdown();
     return 0;
   } catch (const syncbn::Error& e) {
-    std::fprintf(stderr, "syncbn coordinator: error: %s\n", e.what());
+    std::fprintf(stderr, "syncbn coordinator: error: %s\n",
+                 syncbn::escape_control(e.what()).c_str());
     return 1;
   }
 }
@@ -300,7 +326,7 @@ int status_command(int argc, char** argv) {
     for (const auto& run : runs) print_run(run);
     return 0;
   } catch (const syncbn::Error& e) {
-    std::fprintf(stderr, "syncbn status: error: %s\n", e.what());
+    std::fprintf(stderr, "syncbn status: error: %s\n", syncbn::escape_control(e.what()).c_str());
     return 1;
   }
 }

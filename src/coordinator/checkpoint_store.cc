@@ -17,6 +17,7 @@
 #include "coordinator/crc32c.h"
 #include "coordinator/failpoint.h"
 #include "coordinator/status.h"
+#include "core/escape.h"
 
 namespace syncbn::coordinator {
 namespace fs = std::filesystem;
@@ -139,7 +140,7 @@ CheckpointStore::CheckpointStore(Options options)
   SYNCBN_REQUIRE(!dir_.empty(), "the coordinator's state directory is not set");
   if (!log_) {
     log_ = [](const std::string& message) {
-      std::fprintf(stderr, "syncbn coordinator: %s\n", message.c_str());
+      std::fprintf(stderr, "syncbn coordinator: %s\n", escape_control(message).c_str());
     };
   }
   make_dir(dir_);

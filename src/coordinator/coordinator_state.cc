@@ -98,13 +98,23 @@ JoinReply CoordinatorState::join(const JoinRequest& request) {
   require_range("pid", request.pid, 0, kMaxPid);
   require_range("keep_last", request.keep_last, 0, kMaxKeepLast);
   validate_host(request.host);
-  if (request.config_yaml.empty() || request.config_yaml.size() > kMaxConfigBytes) {
-    fail(Code::kInvalidArgument, "config_yaml has ", request.config_yaml.size(),
-         " bytes: expected 1 to ", kMaxConfigBytes);
+  if (request.config_yaml.empty()) fail(Code::kInvalidArgument, "config_yaml is empty");
+  if (static_cast<int64_t>(request.config_yaml.size()) > options_.max_config_bytes) {
+    fail(Code::kResourceExhausted, "config_yaml has ", request.config_yaml.size(),
+         " bytes; this coordinator takes at most ", options_.max_config_bytes,
+         " (--max-config-bytes)");
   }
-
   std::lock_guard lock(mutex_);
   auto found = runs_.find(request.run_id);
+  if (found == runs_.end() && static_cast<int64_t>(runs_.size()) >= options_.max_runs) {
+    fail(Code::kResourceExhausted, "run '", request.run_id, "' is new, and this coordinator keeps ",
+         options_.max_runs, " runs already (--max-runs)");
+  }
+  if (found != runs_.end() && request.generation > found->second.generation + 1) {
+    fail(Code::kFailedPrecondition, "rank ", request.rank, " of run '", request.run_id,
+         "' joins with generation ", request.generation, ", but a relaunch advances the run's ",
+         "generation ", found->second.generation, " by one, to ", found->second.generation + 1);
+  }
   if (found == runs_.end() || request.generation > found->second.generation) {
     // The first Join of a new run or of a newer generation fixes the run for that generation.
     Run fresh;
@@ -218,7 +228,8 @@ void CoordinatorState::report_metrics(MetricsReport report) {
   Run& run = current_run(report.run_id, report.generation, report.rank, "metrics report");
   report.received_unix_ms = now();
   run.recent_metrics.push_back(std::move(report));
-  while (run.recent_metrics.size() > kRecentMetricsPerRun) run.recent_metrics.pop_front();
+  while (static_cast<int64_t>(run.recent_metrics.size()) > options_.metrics_per_run)
+    run.recent_metrics.pop_front();
 }
 
 CheckpointMeta CoordinatorState::commit_checkpoint(Upload& upload, const CheckpointMeta& meta) {
@@ -262,7 +273,12 @@ CheckpointStore::OpenCheckpoint CoordinatorState::open_checkpoint(const std::str
 
 std::vector<CheckpointMeta> CoordinatorState::list_checkpoints(const std::string& run_id) {
   validate_run_id(run_id);
-  return store_->list(run_id);
+  std::vector<CheckpointMeta> list = store_->list(run_id);
+  if (list.empty()) {
+    std::lock_guard lock(mutex_);
+    if (!runs_.count(run_id)) fail(Code::kNotFound, "run '", run_id, "' is unknown");
+  }
+  return list;
 }
 
 std::vector<RunStatus> CoordinatorState::run_status(const std::string& run_id) {
@@ -292,7 +308,13 @@ std::vector<RunStatus> CoordinatorState::run_status(const std::string& run_id) {
     const auto checkpoints = store_->list(id);
     status.checkpoint_count = static_cast<int64_t>(checkpoints.size());
     if (!checkpoints.empty()) status.newest_checkpoint = checkpoints.front();
-    status.recent_metrics.assign(run.recent_metrics.begin(), run.recent_metrics.end());
+    // Every run's status must fit one reply (4 MiB) however many runs there are: the status of
+    // all runs carries each run's newest report only, that of one run all it keeps.
+    if (!run_id.empty()) {
+      status.recent_metrics.assign(run.recent_metrics.begin(), run.recent_metrics.end());
+    } else if (!run.recent_metrics.empty()) {
+      status.recent_metrics.push_back(run.recent_metrics.back());
+    }
     result.push_back(std::move(status));
   }
   return result;

@@ -40,8 +40,12 @@ class CoordinatorState {
     std::string state_dir;
     int32_t default_keep_last = kDefaultKeepLast;  // for runs that join with keep_last 0
     int64_t max_checkpoint_bytes = kDefaultMaxCheckpointBytes;
-    std::function<void(const std::string&)> log;  // default: stderr
-    std::function<int64_t()> now_unix_ms;         // default: the system clock (tests fake it)
+    // Bounds on what peers can make the coordinator keep (RESOURCE_EXHAUSTED past them).
+    int64_t max_runs = kDefaultMaxRuns;                 // runs known at once
+    int64_t max_config_bytes = kDefaultMaxConfigBytes;  // per Join's config YAML
+    int64_t metrics_per_run = kDefaultMetricsPerRun;    // recent reports kept per run
+    std::function<void(const std::string&)> log;        // default: stderr
+    std::function<int64_t()> now_unix_ms;               // default: the system clock (tests fake it)
   };
 
   explicit CoordinatorState(Options options);

@@ -6,6 +6,7 @@
 #include "coordinator/crc32c.h"
 #include "coordinator/posix_file.h"
 #include "coordinator/token.h"
+#include "core/escape.h"
 
 namespace syncbn::coordinator {
 namespace {
@@ -49,7 +50,9 @@ grpc::Status CoordinatorService::handle(grpc::ServerContext* context, const char
     message = e.what();
   }
   if (code == Code::kOk) return grpc::Status::OK;
-  log_(str_cat(method, " from ", context->peer(), ": ", code_name(code), ": ", message));
+  // The message may quote what the peer sent: escaped, so no peer can forge a log line.
+  log_(escape_control(
+      str_cat(method, " from ", context->peer(), ": ", code_name(code), ": ", message)));
   return grpc::Status(to_grpc_code(code), message);
 }
 

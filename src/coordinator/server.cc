@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include "coordinator/grpc_service.h"
 #include "coordinator/token.h"
 #include "core/error.h"
+#include "core/escape.h"
 
 namespace syncbn::coordinator {
 namespace {
@@ -41,11 +43,33 @@ bool split_host_port(std::string_view listen, std::string_view* host, std::strin
 
 }  // namespace
 
+void validate_listen_address(std::string_view listen) {
+  if (listen.substr(0, 5) == "unix:" || listen.substr(0, 14) == "unix-abstract:") return;
+  const std::string quoted = str_cat("'", escape_control(listen), "'");
+  const size_t colon = listen.rfind(':');
+  SYNCBN_REQUIRE(colon != std::string_view::npos && colon > 0, "--listen ", quoted,
+                 ": expected HOST:PORT, [IPV6]:PORT or unix:PATH");
+  const std::string_view host = listen.substr(0, colon), port = listen.substr(colon + 1);
+  bool digits = !port.empty() && port.size() <= 5;
+  for (const char c : port) digits = digits && c >= '0' && c <= '9';
+  SYNCBN_REQUIRE(digits && std::stoi(std::string(port)) <= 65535, "--listen ", quoted,
+                 ": the port must be a number from 0 to 65535");
+  const bool bracketed = host.front() == '[' && host.back() == ']';
+  SYNCBN_REQUIRE(bracketed || host.find(':') == std::string_view::npos, "--listen ", quoted,
+                 ": an IPv6 address goes in brackets, e.g. [::1]:", port);
+}
+
 bool is_loopback_listen_address(std::string_view listen) {
   if (listen.substr(0, 5) == "unix:" || listen.substr(0, 14) == "unix-abstract:") return true;
   std::string_view host, port;
+  if (listen.empty() || listen.front() != '[') {
+    const size_t colon = listen.rfind(':');
+    if (colon != std::string_view::npos &&
+        listen.substr(0, colon).find(':') != std::string_view::npos)
+      return false;  // an unbracketed IPv6 address is not an address we listen on
+  }
   if (!split_host_port(listen, &host, &port)) return false;
-  if (host == "localhost" || host == "::1") return true;
+  if (host == "localhost" || (host == "::1" && listen.front() == '[')) return true;
   // 127.0.0.0/8 in dotted quad.
   if (host.substr(0, 4) != "127.") return false;
   int dots = 0;
@@ -62,10 +86,11 @@ bool is_loopback_listen_address(std::string_view listen) {
 CoordinatorServer::CoordinatorServer(ServerOptions options) {
   if (!options.log) {
     options.log = [](const std::string& message) {
-      std::fprintf(stderr, "syncbn coordinator: %s\n", message.c_str());
+      std::fprintf(stderr, "syncbn coordinator: %s\n", escape_control(message).c_str());
     };
   }
   SYNCBN_REQUIRE(!options.state_dir.empty(), "the coordinator needs --state-dir DIR");
+  validate_listen_address(options.listen);
   SYNCBN_REQUIRE(options.keep_last >= 1 && options.keep_last <= kMaxKeepLast,
                  "--keep-last must be 1 to ", kMaxKeepLast, ", got ", options.keep_last);
   std::string token;
@@ -100,6 +125,9 @@ CoordinatorServer::CoordinatorServer(ServerOptions options) {
   state_options.state_dir = options.state_dir;
   state_options.default_keep_last = options.keep_last;
   state_options.max_checkpoint_bytes = options.max_checkpoint_bytes;
+  state_options.max_runs = options.max_runs;
+  state_options.max_config_bytes = options.max_config_bytes;
+  state_options.metrics_per_run = options.metrics_per_run;
   state_options.log = options.log;
   state_ = std::make_unique<CoordinatorState>(state_options);
   service_ = std::make_unique<CoordinatorService>(*state_, token, options.log);
@@ -113,7 +141,12 @@ CoordinatorServer::CoordinatorServer(ServerOptions options) {
   builder.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));
   // Off: a second coordinator on the same port must fail to bind, not share the port.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // A unix: socket is created under umask 077: only this user may connect (like the token
+  // file, it is this user's run's).
+  const bool unix_socket = options.listen.substr(0, 5) == "unix:";
+  const mode_t old_umask = unix_socket ? ::umask(077) : 0;
   server_ = builder.BuildAndStart();
+  if (unix_socket) ::umask(old_umask);
   if (!server_ || port_ == 0) {
     if (server_) server_->Shutdown();
     throw Error(str_cat("cannot listen on '", options.listen,

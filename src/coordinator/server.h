@@ -42,6 +42,9 @@ struct ServerOptions {
   std::string tls_client_ca_file;  // PEM; when set, clients must present a certificate it signed
   int32_t keep_last = kDefaultKeepLast;
   int64_t max_checkpoint_bytes = kDefaultMaxCheckpointBytes;
+  int64_t max_runs = kDefaultMaxRuns;  // see CoordinatorState::Options
+  int64_t max_config_bytes = kDefaultMaxConfigBytes;
+  int64_t metrics_per_run = kDefaultMetricsPerRun;
   std::function<void(const std::string&)> log;  // default: stderr
 };
 

@@ -20,11 +20,14 @@ inline constexpr int64_t kMaxGeneration = int64_t{1} << 50;
 inline constexpr int32_t kMaxWorldSize = 1 << 16;
 inline constexpr int32_t kMaxFormatVersion = 1 << 20;
 inline constexpr size_t kMaxConfigBytes = size_t{1} << 20;
+inline constexpr int64_t kDefaultMaxConfigBytes = int64_t{256} << 10;
+inline constexpr int64_t kDefaultMaxRuns = 256;
 inline constexpr size_t kMaxHostBytes = 255;
 inline constexpr int64_t kMaxPid = int64_t{1} << 32;
 inline constexpr size_t kMaxMetricsPerReport = 64;
 inline constexpr size_t kMaxMetricNameBytes = 64;
 inline constexpr size_t kRecentMetricsPerRun = 32;
+inline constexpr int64_t kDefaultMetricsPerRun = kRecentMetricsPerRun;
 inline constexpr int32_t kMaxKeepLast = 1000;
 inline constexpr int32_t kDefaultKeepLast = 3;
 

@@ -1,5 +1,7 @@
 #include "coordinator/coordinator_state.h"
 
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -125,6 +127,82 @@ TEST_F(CoordinatorStateTest, GenerationsSurviveARestart) {
   EXPECT_EQ(state.join(join_request(0, 5)).config_hash, 0xABCu);
 }
 
+// What peers can make the coordinator keep is bounded, each bound configurable.
+TEST_F(CoordinatorStateTest, LiveRunsConfigSizeAndMetricsPerRunAreBounded) {
+  CoordinatorState::Options o = options();
+  o.max_runs = 2;
+  o.max_config_bytes = 100;
+  o.metrics_per_run = 3;
+  CoordinatorState state(o);
+  for (const char* id : {"a", "b"}) {
+    JoinRequest r = join_request(0);
+    r.run_id = id;
+    state.join(r);
+  }
+  JoinRequest third = join_request(0);
+  third.run_id = "c";
+  EXPECT_EQ(code_of([&] { state.join(third); }), Code::kResourceExhausted);
+  JoinRequest again = join_request(1);
+  again.run_id = "a";
+  state.join(again);  // a known run is no new run
+  JoinRequest big = join_request(0);
+  big.run_id = "b";
+  big.config_yaml.assign(101, 'x');
+  EXPECT_EQ(code_of([&] { state.join(big); }), Code::kResourceExhausted);
+  for (int i = 0; i < 10; ++i) state.report_metrics({"a", 0, 1, i, {{"loss", 1.0 * i}}, 0});
+  EXPECT_EQ(state.run_status("a")[0].recent_metrics.size(), 3u);
+  EXPECT_EQ(state.run_status("a")[0].recent_metrics.front().step, 7);
+}
+
+// GetRunStatus of every run carries each run's newest metrics only, so its size grows with the
+// number of runs, not with their metrics (30 runs used to exceed gRPC's 4 MiB).
+TEST_F(CoordinatorStateTest, StatusOfAllRunsHoldsTheNewestMetricsOnly) {
+  CoordinatorState state(options());
+  state.join(join_request(0));
+  for (int i = 0; i < 20; ++i) state.report_metrics({"run-1", 0, 1, i, {{"loss", 1.0 * i}}, 0});
+  const auto all = state.run_status("");
+  ASSERT_EQ(all[0].recent_metrics.size(), 1u);
+  EXPECT_EQ(all[0].recent_metrics[0].step, 19);
+  EXPECT_EQ(state.run_status("run-1")[0].recent_metrics.size(), 20u);
+}
+
+// A relaunch advances the generation by one: a Join that jumps ahead (to lock the real relaunch
+// out) is refused.
+TEST_F(CoordinatorStateTest, JoinAdvancesTheGenerationByOneAtMost) {
+  CoordinatorState state(options());
+  state.join(join_request(0, 1));
+  EXPECT_EQ(code_of([&] { state.join(join_request(0, int64_t{1} << 50)); }),
+            Code::kFailedPrecondition);
+  EXPECT_EQ(code_of([&] { state.join(join_request(0, 3)); }), Code::kFailedPrecondition);
+  EXPECT_EQ(state.join(join_request(0, 2)).generation, 2);
+}
+
+// As the proto says: NOT_FOUND for a run the coordinator does not know; a known run without
+// checkpoints lists none.
+TEST_F(CoordinatorStateTest, ListCheckpointsOfAnUnknownRunIsNotFound) {
+  CoordinatorState state(options());
+  EXPECT_EQ(code_of([&] { state.list_checkpoints("nope"); }), Code::kNotFound);
+  state.join(join_request(0));
+  EXPECT_TRUE(state.list_checkpoints("run-1").empty());
+}
+
+// NaN and Inf metrics are accepted and kept as they are: a diverging run's loss is NaN, and the
+// status must show it, not refuse the report or turn it into a number.
+TEST_F(CoordinatorStateTest, NanAndInfMetricsAreKeptAsTheyAre) {
+  CoordinatorState state(options());
+  state.join(join_request(0));
+  state.report_metrics({"run-1",
+                        0,
+                        1,
+                        5,
+                        {{"loss", std::numeric_limits<double>::quiet_NaN()},
+                         {"lr", std::numeric_limits<double>::infinity()}},
+                        0});
+  const MetricsReport m = state.run_status("run-1")[0].recent_metrics.at(0);
+  EXPECT_TRUE(std::isnan(m.values[0].second));
+  EXPECT_TRUE(std::isinf(m.values[1].second));
+}
+
 // Heartbeats come from a background thread of the rank, so they keep arriving while its
 // training is stuck: progress is judged by the step (and the activity counter) they carry.
 TEST_F(CoordinatorStateTest, ProgressAgeCountsFromTheLastChangeOfStepOrActivity) {
@@ -212,7 +290,7 @@ TEST_F(CoordinatorStateTest, EveryFieldIsValidated) {
   EXPECT_EQ(join_with([](JoinRequest& r) { r.host = "evil\x1b[2J"; }), Code::kInvalidArgument);
   EXPECT_EQ(join_with([](JoinRequest& r) { r.config_yaml.clear(); }), Code::kInvalidArgument);
   EXPECT_EQ(join_with([](JoinRequest& r) { r.config_yaml.assign(kMaxConfigBytes + 1, 'x'); }),
-            Code::kInvalidArgument);
+            Code::kResourceExhausted);
   EXPECT_EQ(join_with([](JoinRequest& r) { r.keep_last = -1; }), Code::kInvalidArgument);
   EXPECT_EQ(join_with([](JoinRequest&) {}), Code::kOk);
   EXPECT_EQ(code_of([&] { state.heartbeat({"run-1", 0, 1, -1}); }), Code::kInvalidArgument);
