@@ -1,7 +1,8 @@
 // The layers of a CNN, each a Layer (nn/layer.h) with PyTorch 1.13's semantics, kind() its
 // PyTorch class name and its parameters and buffers under PyTorch's names, plus the loss.
 //
-//   Conv2d, Linear          oneDNN sgemm (conv: im2col, col2im); PyTorch's default init
+//   Conv2d, Linear          oneDNN: Conv2d its convolution primitives (im2col + sgemm for
+//                           one-channel inputs), Linear sgemm; PyTorch's default init
 //   ReLU, MaxPool2d, AdaptiveAvgPool2d, Flatten, Identity
 //   BatchNorm2d, GroupNorm, InstanceNorm2d      over the norm/norm.h adapters
 //   SyncBatchNormLayer      kind "SyncBatchNorm": nn::SyncBatchNorm as a Layer
@@ -16,9 +17,9 @@
 //
 // Threads: the elementwise, pooling, im2col/col2im and loss loops split their work statically
 // over OpenMP threads with each output written by one thread, so their results do not depend on
-// OMP_NUM_THREADS; the GEMMs (oneDNN, on the same OpenMP threads) are bitwise reproducible for a
-// given thread count but not across counts (the norm kernels: for a given OpenMP thread count,
-// norm/parallel.h).
+// OMP_NUM_THREADS; the GEMMs and convolution primitives (oneDNN, on the same OpenMP threads) are
+// bitwise reproducible for a given thread count but not across counts (the norm kernels: for a
+// given OpenMP thread count, norm/parallel.h).
 //
 // Parameters are initialised from the Rng given to the constructor as PyTorch does
 // (kaiming_uniform_(a=√5): weight and bias ~ U(−1/√fan_in, 1/√fan_in)): deterministic for a seed,
@@ -71,6 +72,11 @@ class Conv2d : public Layer {
   std::vector<float> kept_col_;
   Tensor saved_x_;
   bool have_saved_ = false;
+  // oneDNN convolution primitives and their buffers, one plan per recent input shape (conv.cc);
+  // saved_plan_ is the last forward's, which holds what its backward needs.
+  struct Plan;
+  std::vector<std::shared_ptr<Plan>> plans_;
+  std::shared_ptr<Plan> saved_plan_;
 };
 
 // torch.nn.Linear(in, out, bias=bias): x (*, in) → y (*, out), y = x·Wᵀ + b.

@@ -185,10 +185,20 @@ INSTANTIATE_TEST_SUITE_P(
                       ConvCase{2, 2, 3, 3, 2, 3, 3, 1, true},   // stride larger than the overlap
                       ConvCase{2, 3, 7, 6, 2, 3, 1, 0, true},   // stride 1, no padding (valid)
                       ConvCase{1, 2, 5, 8, 3, 3, 1, 2, true},   // stride 1, padding beyond same
-                      ConvCase{2, 2, 6, 5, 2, 2, 1, 1, true}),  // even kernel, stride 1
+                      ConvCase{2, 2, 6, 5, 2, 2, 1, 1, true},   // even kernel, stride 1
+                      // From 3 input channels conv.cc runs oneDNN's convolution primitives:
+                      // the odd shapes again on that path.
+                      ConvCase{2, 4, 6, 7, 3, 3, 2, 0, true},   // stride 2, no padding
+                      ConvCase{1, 3, 5, 8, 3, 3, 1, 2, false},  // padding beyond same
+                      ConvCase{2, 4, 4, 5, 2, 2, 2, 0, true},   // even kernel, stride 2
+                      ConvCase{2, 3, 6, 5, 2, 2, 1, 1, true},   // even kernel, stride 1
+                      ConvCase{2, 3, 3, 3, 2, 3, 3, 1, true},   // stride larger than the overlap
+                      ConvCase{2, 4, 5, 6, 3, 1, 1, 2, true},   // 1x1 with padding
+                      ConvCase{1, 3, 7, 7, 2, 5, 1, 2, true}),  // 5x5 with padding 2
     [](const ::testing::TestParamInfo<ConvCase>& param_info) {
       const ConvCase& c = param_info.param;
-      return str_cat("n", c.n, "k", c.k, "s", c.stride, "p", c.pad, c.bias ? "" : "nobias");
+      return str_cat("n", c.n, "c", c.c_in, "k", c.k, "s", c.stride, "p", c.pad,
+                     c.bias ? "" : "nobias");
     });
 
 // Direct float64 convolution, for the shapes too large for finite differences.
