@@ -12,8 +12,8 @@
 #include <filesystem>
 #include <limits>
 
-#include "ckpt/json.h"
 #include "core/error.h"
+#include "core/json.h"
 #include "core/unique_fd.h"
 
 namespace syncbn::ckpt {

@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "ckpt/json.h"
 #include "cli/commands.h"
 #include "coordinator/client.h"
 #include "coordinator/server.h"
@@ -17,6 +16,7 @@
 #include "core/error.h"
 #include "core/escape.h"
 #include "core/hash.h"
+#include "core/json.h"
 
 namespace {
 
@@ -142,22 +142,27 @@ constexpr int64_t kStaleHeartbeatMs = 60'000;
 
 // One line of JSON per run: the fields of print_run, for scripts (launch/run.sh).
 void print_run_json(const coord::RunStatus& run) {
-  namespace json = syncbn::ckpt::json;
-  std::string line =
-      syncbn::str_cat("{\"run_id\":", json::quote(run.run_id), ",\"generation\":", run.generation,
-                      ",\"world_size\":", run.world_size, ",\"config_hash\":\"",
-                      hex64(run.config_hash), "\",\"ranks\":[");
-  for (size_t i = 0; i < run.ranks.size(); ++i) {
-    const auto& r = run.ranks[i];
-    line += syncbn::str_cat(i ? "," : "", "{\"rank\":", r.rank, ",\"host\":", json::quote(r.host),
-                            ",\"pid\":", r.pid, ",\"generation\":", r.generation,
-                            ",\"step\":", r.last_step, ",\"heartbeat_age_ms\":", r.heartbeat_age_ms,
-                            ",\"progress_age_ms\":", r.progress_age_ms, "}");
+  using syncbn::json::Value;
+  Value::Array ranks;
+  for (const auto& r : run.ranks) {
+    ranks.push_back(Value::object({{"rank", Value::integer(r.rank)},
+                                   {"host", Value::string(r.host)},
+                                   {"pid", Value::integer(r.pid)},
+                                   {"generation", Value::integer(r.generation)},
+                                   {"step", Value::integer(r.last_step)},
+                                   {"heartbeat_age_ms", Value::integer(r.heartbeat_age_ms)},
+                                   {"progress_age_ms", Value::integer(r.progress_age_ms)}}));
   }
-  line += "],\"newest_checkpoint_step\":";
-  line += run.newest_checkpoint ? std::to_string(run.newest_checkpoint->step) : "null";
-  line += syncbn::str_cat(",\"checkpoint_count\":", run.checkpoint_count, "}");
-  std::printf("%s\n", line.c_str());
+  const Value line = Value::object(
+      {{"run_id", Value::string(run.run_id)},
+       {"generation", Value::integer(run.generation)},
+       {"world_size", Value::integer(run.world_size)},
+       {"config_hash", Value::string(hex64(run.config_hash))},
+       {"ranks", Value::array(std::move(ranks))},
+       {"newest_checkpoint_step",
+        run.newest_checkpoint ? Value::integer(run.newest_checkpoint->step) : Value()},
+       {"checkpoint_count", Value::integer(run.checkpoint_count)}});
+  std::printf("%s\n", syncbn::json::serialize(line).c_str());
 }
 
 void print_run(const coord::RunStatus& run) {

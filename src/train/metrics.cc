@@ -5,13 +5,11 @@
 #include <cstdlib>
 #include <utility>
 
-#include "ckpt/json.h"
 #include "core/error.h"
+#include "core/json.h"
 
 namespace syncbn::train {
 namespace {
-
-namespace json = ckpt::json;
 
 // `value` as printf's `format` rounds it, or null when it is not finite.
 json::Value rounded(double value, const char* format) {

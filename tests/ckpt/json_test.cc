@@ -1,12 +1,12 @@
 // The JSON reader and writer: every value kind, every escape, and rejection of what RFC 8259
 // does not allow.
-#include "ckpt/json.h"
+#include "core/json.h"
 
 #include <gtest/gtest.h>
 
 #include "test_util.h"
 
-namespace syncbn::ckpt::json {
+namespace syncbn::json {
 namespace {
 
 using testing::expect_error;
@@ -125,4 +125,4 @@ TEST(Json, NestingIsBounded) {
 }
 
 }  // namespace
-}  // namespace syncbn::ckpt::json
+}  // namespace syncbn::json

@@ -1,7 +1,9 @@
-// A small, strict JSON (RFC 8259) reader and writer, enough for safetensors headers: objects,
-// arrays, strings with every escape, integers, numbers, true/false/null. Input must be valid
-// UTF-8; duplicate object keys, trailing commas, comments, leading zeros, NaN and nesting
-// deeper than kMaxDepth are rejected with a syncbn::Error giving the byte offset.
+// A small, strict JSON (RFC 8259) reader and writer, used for every JSON the project reads or
+// writes: safetensors headers (untrusted input, hence the strictness), the metrics lines
+// (train/metrics.h) and `syncbn status --json`. Objects, arrays, strings with every escape,
+// integers, numbers, true/false/null. Input must be valid UTF-8; duplicate object keys, trailing
+// commas, comments, leading zeros, NaN and nesting deeper than kMaxDepth are rejected with a
+// syncbn::Error giving the byte offset.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-namespace syncbn::ckpt::json {
+namespace syncbn::json {
 
 inline constexpr int kMaxDepth = 64;
 
@@ -68,4 +70,4 @@ Value parse(std::string_view text);
 std::string serialize(const Value& value);
 std::string quote(std::string_view text);
 
-}  // namespace syncbn::ckpt::json
+}  // namespace syncbn::json

@@ -1,4 +1,4 @@
-#include "ckpt/json.h"
+#include "core/json.h"
 
 #include <charconv>
 #include <cmath>
@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 
-namespace syncbn::ckpt::json {
+namespace syncbn::json {
 
 Value Value::boolean(bool v) {
   Value out;
@@ -494,4 +494,4 @@ std::string quote(std::string_view text) {
   return out + "\"";
 }
 
-}  // namespace syncbn::ckpt::json
+}  // namespace syncbn::json
