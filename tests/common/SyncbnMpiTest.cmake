@@ -1,6 +1,6 @@
 # GoogleTest binaries run under mpirun (Open MPI), for tests/comm and any other test directory:
 #
-#   include(${PROJECT_SOURCE_DIR}/tests/comm/SyncbnMpiTest.cmake)
+#   include(${PROJECT_SOURCE_DIR}/tests/common/SyncbnMpiTest.cmake)
 #   syncbn_mpi_gtest(norm_sync_bn_test SOURCES sync_bn_test.cc LIBS syncbn_norm
 #                    RANKS 1 2 3 4 LABELS mpi)
 #
