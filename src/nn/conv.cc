@@ -8,13 +8,10 @@
 // blocked input stays in the plan for the backward's dW (no second reorder of x), dy is reordered
 // once for both backward primitives, and dW is accumulated into grad_weight by the reorder out
 // of the blocked layout (a sum post-op). The bias gradient is ours (float64 sum, fixed order).
-// `OMP_NUM_THREADS=1 bench/conv_compare.sh` (one thread, the 2 ranks x 1 thread training setting)
-// on the dev VM's AMD EPYC (AVX-512), CPU-time medians of interleaved rounds on a loaded machine:
-// against im2col + sgemm the primitives take fwd+bwd of resnet20's 3x3 and 1x1 convs at 16-64
-// channels 1.3-2.8x faster at batch 32 and 1.0-2.3x at batch 4 (the directly-JITed 3x3 kernels
-// avoid im2col's k·k copy of the input and col2im's scatter); the first conv of a 3-channel
-// image 1.2-1.4x. A one-channel input stays on im2col: oneDNN pads its channel to a block of 16
-// in the backward-data primitive and its reorder, 1.8x slower than im2col there.
+// The primitives beat im2col + sgemm on resnet20's convs because the directly-JITed 3x3 kernels
+// avoid im2col's k·k copy of the input and col2im's scatter (bench/conv_compare.sh; numbers in the
+// README). A one-channel input stays on im2col: oneDNN pads its channel to a block of 16 in the
+// backward-data primitive and its reorder, which measured slower than im2col there.
 // oneDNN's convolution kernels are run-to-run deterministic for a fixed shape and thread count
 // (no atomics; backward-weights reduces per-thread partial sums in a fixed order).
 //
@@ -29,22 +26,19 @@
 //
 // B is the largest power of two of samples whose col fits kColBudget floats (1 MiB, about what
 // L2 holds): small feature maps (7x7 at the end of a CNN) still make GEMMs with hundreds of
-// columns, large ones go one sample at a time (an 8 MiB budget was 10-40% slower). A power of
+// columns, large ones go one sample at a time (a larger budget measured slower). A power of
 // two, so that a batch of 32 on one rank and 4 x 8 on four ranks run GEMMs of the same shapes on
 // the same samples, which keeps their float32 rounding closer (the 30-step equivalence test).
 // Forward and backward use the same chunks.
 // A training forward writes every chunk's col into a buffer the layer keeps (k·k times the
 // input's size, reused from step to step) and the backward's dW GEMM reads it from there instead
-// of running im2col again: about 6% of a small_cnn step at per-rank batch 32. Above
+// of running im2col again (README, "Training speed against PyTorch", has its share). Above
 // kKeptColLimit, and after an eval-mode forward, only the input is kept and the backward
 // recomputes col chunk by chunk.
 //
 // GEMM library: oneDNN's dnnl_sgemm (libdnnl 2.6, the one PyTorch 1.13 is built with), not
-// OpenBLAS. `OMP_NUM_THREADS=1 build/bench/gemm_bench`, GFLOP/s of the GEMMs of small_cnn's
-// 32→32 conv at 28x28 (forward, dW, dcol) on the dev VM's AMD EPYC (Zen 5, AVX-512): oneDNN
-// 228 / 176 / 220; OpenBLAS 0.3.21 101 / 90 / 109 with the Haswell kernels this VM's environment
-// selects (OPENBLAS_CORETYPE=Haswell), 153 / 123 / 187 with its AVX-512 SkylakeX kernels. oneDNN
-// ignores OPENBLAS_CORETYPE.
+// OpenBLAS: bench/gemm_bench compares the two on small_cnn's GEMMs (numbers in the README,
+// "Training speed against PyTorch").
 //
 // im2col, col2im and the bias/scatter passes split their loops statically over OpenMP threads,
 // each thread owning whole output rows or input channels, so results do not depend on
