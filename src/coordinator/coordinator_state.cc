@@ -104,6 +104,13 @@ JoinReply CoordinatorState::join(const JoinRequest& request) {
          " bytes; this coordinator takes at most ", options_.max_config_bytes,
          " (--max-config-bytes)");
   }
+  // The hash is the run's identity: it must be the hash of the YAML it comes with, or a Join
+  // could pair the run's public hash with another config, which later ranks would receive.
+  if (fnv1a(request.config_yaml) != request.config_hash) {
+    fail(Code::kInvalidArgument, "config_hash ", hex64(request.config_hash),
+         " is not the hash of the config_yaml sent with it (", hex64(fnv1a(request.config_yaml)),
+         ")");
+  }
   std::lock_guard lock(mutex_);
   auto found = runs_.find(request.run_id);
   if (found == runs_.end() && static_cast<int64_t>(runs_.size()) >= options_.max_runs) {

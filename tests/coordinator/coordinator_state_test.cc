@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/hash.h"
 #include "test_util.h"
 
 namespace syncbn::coordinator {
@@ -23,6 +24,8 @@ class CoordinatorStateTest : public ::testing::Test {
     o.now_unix_ms = [this] { return clock_ms_; };
     return o;
   }
+  // The hash of the YAML join_request sends for config `id` (the coordinator checks it).
+  static uint64_t hash_of(uint64_t id) { return fnv1a("seed: " + std::to_string(id) + "\n"); }
   static JoinRequest join_request(int32_t rank, int64_t generation = 1, uint64_t hash = 0xABC,
                                   int32_t world_size = 2) {
     JoinRequest r;
@@ -33,13 +36,13 @@ class CoordinatorStateTest : public ::testing::Test {
     r.host = "node" + std::to_string(rank);
     r.pid = 1000 + rank;
     r.config_yaml = "seed: " + std::to_string(hash) + "\n";
-    r.config_hash = hash;
+    r.config_hash = hash_of(hash);
     return r;
   }
   static CheckpointMeta put_meta(const std::string& data, int64_t step, int64_t generation = 1) {
     CheckpointMeta meta = testing::meta_for("run-1", step, data);
     meta.generation = generation;
-    meta.config_hash = 0xABC;
+    meta.config_hash = hash_of(0xABC);
     return meta;
   }
   CheckpointMeta put(CoordinatorState& state, const CheckpointMeta& meta, const std::string& data) {
@@ -54,16 +57,14 @@ class CoordinatorStateTest : public ::testing::Test {
 TEST_F(CoordinatorStateTest, FirstJoinFixesTheConfigForEveryRank) {
   CoordinatorState state(options());
   const JoinReply first = state.join(join_request(1));
-  EXPECT_EQ(first.config_hash, 0xABCu);
+  EXPECT_EQ(first.config_hash, hash_of(0xABC));
   EXPECT_EQ(first.config_yaml, "seed: 2748\n");
   EXPECT_EQ(first.generation, 1);
   EXPECT_EQ(first.world_size, 2);
   EXPECT_EQ(first.keep_last, kDefaultKeepLast);
   EXPECT_FALSE(first.newest_checkpoint.has_value());
-  JoinRequest second = join_request(0);
-  second.config_yaml = "seed: 2748   # same hash, other text\n";
-  const JoinReply reply = state.join(second);
-  EXPECT_EQ(reply.config_yaml, first.config_yaml);  // the run's, not this rank's
+  const JoinReply reply = state.join(join_request(0));
+  EXPECT_EQ(reply.config_yaml, first.config_yaml);
   // Joining again (a retried call) is fine.
   EXPECT_NO_THROW(state.join(join_request(0)));
 }
@@ -74,8 +75,8 @@ TEST_F(CoordinatorStateTest, DisagreeingRankIsRefusedSayingWhatDiffers) {
   std::string message;
   EXPECT_EQ(code_of([&] { state.join(join_request(1, 1, 0xDEF)); }, &message),
             Code::kFailedPrecondition);
-  EXPECT_NE(message.find("config hash 0x0000000000000def differs from the run's "
-                         "0x0000000000000abc"),
+  EXPECT_NE(message.find(str_cat("config hash 0x", syncbn::hex64(hash_of(0xDEF)),
+                                 " differs from the run's 0x", syncbn::hex64(hash_of(0xABC)))),
             std::string::npos)
       << message;
   EXPECT_NE(message.find("rank 1"), std::string::npos) << message;
@@ -96,7 +97,7 @@ TEST_F(CoordinatorStateTest, NewerGenerationReplacesOlderIsRefused) {
   const JoinReply reply = state.join(join_request(0, 2, 0x123, 1));
   EXPECT_EQ(reply.generation, 2);
   EXPECT_EQ(reply.world_size, 1);
-  EXPECT_EQ(reply.config_hash, 0x123u);
+  EXPECT_EQ(reply.config_hash, hash_of(0x123));
   std::string message;
   EXPECT_EQ(code_of([&] { state.join(join_request(1, 1)); }, &message), Code::kFailedPrecondition);
   EXPECT_NE(message.find("older than the run's current generation 2"), std::string::npos)
@@ -124,7 +125,7 @@ TEST_F(CoordinatorStateTest, GenerationsSurviveARestart) {
   EXPECT_EQ(code_of([&] { state.join(join_request(0, 5, 0x999)); }), Code::kFailedPrecondition);
   // A rank of the current generation may heartbeat without re-joining the restarted coordinator.
   EXPECT_EQ(state.heartbeat({"run-1", 1, 5, 7}), 5);
-  EXPECT_EQ(state.join(join_request(0, 5)).config_hash, 0xABCu);
+  EXPECT_EQ(state.join(join_request(0, 5)).config_hash, hash_of(0xABC));
 }
 
 // What peers can make the coordinator keep is bounded, each bound configurable.
@@ -168,6 +169,16 @@ TEST_F(CoordinatorStateTest, StatusOfAllRunsHoldsTheNewestMetricsOnly) {
 
 // A relaunch advances the generation by one: a Join that jumps ahead (to lock the real relaunch
 // out) is refused.
+// A config hash must be the hash of the YAML it comes with: a Join pairing the run's public hash
+// with another YAML (which the next legitimate rank would receive) is refused.
+TEST_F(CoordinatorStateTest, ConfigHashMustBeTheHashOfItsYaml) {
+  CoordinatorState state(options());
+  JoinRequest forged = join_request(0);
+  forged.config_yaml = "model: EVIL\n";
+  EXPECT_EQ(code_of([&] { state.join(forged); }), Code::kInvalidArgument);
+  EXPECT_EQ(state.join(join_request(1)).config_yaml, "seed: 2748\n");
+}
+
 TEST_F(CoordinatorStateTest, JoinAdvancesTheGenerationByOneAtMost) {
   CoordinatorState state(options());
   state.join(join_request(0, 1));
@@ -241,7 +252,7 @@ TEST_F(CoordinatorStateTest, HeartbeatsAndMetricsShowInStatus) {
   EXPECT_EQ(run.run_id, "run-1");
   EXPECT_EQ(run.generation, 1);
   EXPECT_EQ(run.world_size, 2);
-  EXPECT_EQ(run.config_hash, 0xABCu);
+  EXPECT_EQ(run.config_hash, hash_of(0xABC));
   ASSERT_EQ(run.ranks.size(), 2u);
   EXPECT_EQ(run.ranks[0].host, "node0");
   EXPECT_EQ(run.ranks[0].pid, 1000);

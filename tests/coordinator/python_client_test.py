@@ -25,7 +25,16 @@ except ImportError:
 
 CLI, PROTO_DIR, PROTOC, PLUGIN = sys.argv[1:5]
 TOKEN = "py-token-0123456789abcdef"
-HASH = 0xFEEDFACE12345678
+
+
+def fnv1a(text):
+    h = 1469598103934665603
+    for b in text.encode():
+        h = ((h ^ b) * 1099511628211) % (1 << 64)
+    return h
+
+
+HASH = fnv1a("seed: 1\n")  # the coordinator checks that a config hash is its YAML's
 
 
 @functools.lru_cache(maxsize=64)  # pure Python is slow: each payload is checksummed once
@@ -116,7 +125,7 @@ def main():
           second.config_hash == HASH and second.generation == 3, "Join returns the run's config")
     code, details = code_of(stub.Join, pb.JoinRequest(
         run_id="py", rank=1, world_size=2, generation=3, config_yaml="seed: 2\n",
-        config_hash=HASH + 1), metadata=auth)
+        config_hash=fnv1a("seed: 2\n")), metadata=auth)
     check(code == grpc.StatusCode.FAILED_PRECONDITION and "config hash" in details,
           f"Join with another config hash: FAILED_PRECONDITION ({details})")
 
@@ -247,7 +256,7 @@ def main():
     info, payload = get()
     check(info.step == 60 and payload == small, "after a restart the newest checkpoint is served")
     code, _ = code_of(stub.Join, pb.JoinRequest(run_id="py", rank=0, world_size=2, generation=2,
-                                                config_yaml="x", config_hash=HASH),
+                                                config_yaml="seed: 1\n", config_hash=HASH),
                       metadata=auth)
     check(code == grpc.StatusCode.FAILED_PRECONDITION,
           "after a restart a stale generation is still refused")

@@ -16,6 +16,7 @@
 
 #include "coordinator/client.h"
 #include "coordinator/coordinator_state.h"
+#include "core/hash.h"
 #include "syncbn/v1/coordinator.grpc.pb.h"
 #include "test_util.h"
 
@@ -27,7 +28,10 @@ using testing::random_bytes;
 using testing::ScratchDir;
 
 constexpr const char* kToken = "s3cret-token-0123456789abcdef";
-constexpr uint64_t kHash = 0x1234ABCD;
+// The configs the tests join with, and their hashes (the coordinator checks hash == fnv1a(yaml)).
+constexpr const char* kYaml = "model: {norm: syncbn}\n";
+const uint64_t kHash = fnv1a(kYaml);
+const uint64_t kOtherHash = fnv1a("x: 1\n");
 
 void write_token_file(const std::string& path, const std::string& token, mode_t mode) {
   std::ofstream(path) << token << "\n";
@@ -192,7 +196,7 @@ TEST_F(ServerTest, ClientRoundTrip) {
   other.world_size = 2;
   other.generation = 3;
   other.config_yaml = "x: 1\n";
-  other.config_hash = kHash + 1;
+  other.config_hash = kOtherHash;
   try {
     client_->join(other);
     ADD_FAILURE() << "join with another config hash succeeded";
@@ -260,7 +264,12 @@ TEST_F(ServerTest, HostileRequestsGetStatedStatusesAndTheServerKeepsServing) {
                    join_with([](v1::JoinRequest& r) { r.set_world_size(-2); })});
   cases.push_back({"stale generation join", grpc::StatusCode::FAILED_PRECONDITION,
                    join_with([](v1::JoinRequest& r) { r.set_generation(2); })});
-  cases.push_back({"other config hash", grpc::StatusCode::FAILED_PRECONDITION,
+  cases.push_back(
+      {"other config", grpc::StatusCode::FAILED_PRECONDITION, join_with([](v1::JoinRequest& r) {
+         r.set_config_yaml("x: 1\n");
+         r.set_config_hash(fnv1a("x: 1\n"));
+       })});
+  cases.push_back({"config hash not of its YAML", grpc::StatusCode::INVALID_ARGUMENT,
                    join_with([](v1::JoinRequest& r) { r.set_config_hash(7); })});
   cases.push_back({"stale generation heartbeat", grpc::StatusCode::FAILED_PRECONDITION, [&] {
                      v1::HeartbeatRequest request;
@@ -388,7 +397,7 @@ TEST_F(ServerTest, ConcurrentClientsOfSeveralRuns) {
         join.run_id = run_id;
         join.world_size = 1;
         join.generation = 1;
-        join.config_yaml = "x: 1\n";
+        join.config_yaml = kYaml;
         join.config_hash = kHash;
         join.keep_last = 2;
         client.join(join);
