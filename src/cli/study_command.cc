@@ -9,8 +9,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "study/config.h"
-#include "study/runner.h"
+#include "study/study.h"
 
 namespace {
 

@@ -1,5 +1,3 @@
-#include "study/config.h"
-
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -7,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "study/study.h"
 #include "study/text.h"
 
 namespace syncbn::study {

@@ -1,11 +1,10 @@
-#include "study/results_csv.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
 
 #include "core/error.h"
+#include "study/study.h"
 #include "study/text.h"
 
 namespace syncbn::study {

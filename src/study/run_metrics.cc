@@ -1,11 +1,10 @@
-#include "study/run_metrics.h"
-
 #include <algorithm>
 #include <optional>
 #include <sstream>
 #include <vector>
 
 #include "core/error.h"
+#include "study/study.h"
 #include "train/metrics.h"
 
 namespace syncbn::study {

@@ -1,5 +1,3 @@
-#include "study/runner.h"
-
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -20,10 +18,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/unique_fd.h"
-#include "study/results_csv.h"
-#include "study/run_metrics.h"
-#include "study/runs.h"
-#include "study/summary.h"
+#include "study/study.h"
 #include "study/text.h"
 
 namespace syncbn::study {

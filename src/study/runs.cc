@@ -1,9 +1,8 @@
-#include "study/runs.h"
-
 #include <cmath>
 #include <sstream>
 
 #include "core/hash.h"
+#include "study/study.h"
 
 namespace syncbn::study {
 

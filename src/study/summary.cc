@@ -1,5 +1,3 @@
-#include "study/summary.h"
-
 #include <cairo.h>
 #include <librsvg/rsvg.h>
 
@@ -13,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "study/study.h"
 
 namespace syncbn::study {
 

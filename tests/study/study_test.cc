@@ -1,5 +1,7 @@
 // The pure parts of the batch-size study: config validation, the run list and its configs,
 // resume keys, results.csv, metrics parsing, mean/std, the Markdown table, the SVG and the PNG.
+#include "study/study.h"
+
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -8,11 +10,6 @@
 #include <vector>
 
 #include "../common/test_util.h"
-#include "study/config.h"
-#include "study/results_csv.h"
-#include "study/run_metrics.h"
-#include "study/runs.h"
-#include "study/summary.h"
 
 namespace syncbn::study {
 namespace {
