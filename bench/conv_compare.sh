@@ -10,13 +10,21 @@
 #   PYTHON        interpreter with python3-torch (default: /usr/bin/python3, Debian's).
 #   BASELINE_BIN  optional second conv_bench binary (say, built from an older commit), run in
 #                 the same rounds; adds its columns to the table (before/after comparisons).
+#   GLIBC_TUNABLES  passed to every program; default: glibc malloc's mmap and trim thresholds at
+#                 256 MiB. With glibc's defaults PyTorch's CPU allocator returns the pages of
+#                 every freed activation-sized tensor to the kernel and faults them in again on the
+#                 next call: on the loaded dev VM some shapes (4x16x32x32, 32x16x28x28) then took
+#                 10-30x their time, and fwd alone more than fwd+bwd. conv_bench's tensors come from
+#                 our block cache and do not churn. Set GLIBC_TUNABLES= (empty) for glibc's
+#                 defaults, i.e. what a PyTorch run gets out of the box.
 #
 # The rounds interleave the programs (ours, baseline, torch, ours, ...) so that a machine whose
 # load changes over the run disturbs all of them alike. Each round times every case once per
-# program (ours: Google Benchmark, >= 0.05 s of iterations; torch: median of >= 10 calls and
-# >= 0.05 s); the table gives the median over rounds. Two clocks: the thread's CPU time (with one
-# thread all the work runs on the calling thread; what a loaded machine disturbs least, and the
-# ratio this script leads with) and wall time. speedup = torch / ours, > 1 means we are faster.
+# program, the same way for both (a loop of >= 0.05 s, and >= 10 calls for torch; time per call =
+# total / calls); the table gives the median over rounds. Two clocks: the thread's CPU time (with
+# one thread all the work runs on the calling thread; what a loaded machine disturbs least, and the
+# ratio this script leads with) and wall time, which on a loaded machine includes the time the
+# process waited for a core. speedup = torch / ours, > 1 means we are faster.
 # The "resnet20 step" rows weight each conv by how often resnet20 runs it (conv1 1, layer1
 # 3x3 6, layer2/3 stride-2 3x3 1 each, projections 1 each, layer2/3 3x3 stride 1 5 each).
 set -euo pipefail
@@ -33,6 +41,7 @@ cd "${repo_root}"
 build_dir="${BUILD_DIR:-build}"
 python="${PYTHON:-/usr/bin/python3}"
 baseline="${BASELINE_BIN:-}"
+export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456}"
 
 if [[ ! -f "${build_dir}/CMakeCache.txt" ]]; then
   echo "== configuring ${build_dir}" >&2
@@ -71,13 +80,14 @@ for round in $(seq 1 "${rounds}"); do
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-"${python}" - "${work_dir}" "${rounds}" "${load_before}" "${load_after}" "${baseline}" <<'PY'
+"${python}" - "${work_dir}" "${rounds}" "${load_before}" "${load_after}" "${baseline}" \
+  "${GLIBC_TUNABLES}" <<'PY'
 import csv
 import json
 import statistics
 import sys
 
-work_dir, rounds, load_before, load_after, baseline = sys.argv[1:6]
+work_dir, rounds, load_before, load_after, baseline, tunables = sys.argv[1:7]
 rounds = int(rounds)
 to_us = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
 
@@ -131,7 +141,8 @@ def resnet20_count(case):
 
 
 print(f"Threads: 1. Rounds: {rounds} (interleaved; medians over rounds). "
-      f"Load average before/after: {load_before} / {load_after}.")
+      f"Load average before/after: {load_before} / {load_after}. "
+      f"GLIBC_TUNABLES={tunables or '(glibc defaults)'}.")
 print()
 head = "| pass | case | ours CPU µs | torch CPU µs | speedup CPU | ours wall µs | torch wall µs " \
        "| speedup wall |"

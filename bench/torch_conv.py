@@ -11,9 +11,9 @@ mode, float32, NCHW (PyTorch 1.13 runs these on oneDNN's convolution primitives 
                 what its backward needs)
   conv_fwd_bwd  y = conv(x); y.backward(dy): dx, dweight (+ dbias); the grads are reset to None
                 first, so backward allocates them
-x and dy are allocated once; each call is timed on its own with perf_counter_ns after a warm-up
-and the medians of its wall time and of the thread's CPU time (and the wall times' interquartile
-range) are reported. Times include the Python/dispatcher
+x and dy are allocated once; after a warm-up, calls run in a loop of at least --min-reps calls and
+--min-seconds, and the loop's wall time and the thread's CPU time per call are reported (with the
+interquartile range of the single calls' wall times). Times include the Python/dispatcher
 overhead of a module call (a few microseconds), which matters only for the smallest cases.
 
 Output: a header line, then one tab-separated line per case and pass:
@@ -65,22 +65,24 @@ def case_name(case):
 
 
 def time_calls(call, warmup, min_reps, min_seconds):
-    """Medians of call()'s wall time and of the calling thread's CPU time, in microseconds, the
-    interquartile range of the wall times, and the count. With one thread all of the work runs
-    on the calling thread, so its CPU time is what a loaded machine disturbs least."""
+    """Mean wall time and mean CPU time of the calling thread per call over the timed loop, in
+    microseconds, as Google Benchmark measures conv_bench (total over the iterations / count),
+    plus the interquartile range of the single calls' wall times and the count. With one thread
+    all of the work runs on the calling thread, so its CPU time is what a loaded machine disturbs
+    least; the wall time includes the time the process waited for a core."""
     for _ in range(warmup):
         call()
     wall = []
-    cpu = []
-    start = time.perf_counter()
-    while len(wall) < min_reps or time.perf_counter() - start < min_seconds:
-        c0 = time.thread_time_ns()
+    cpu0 = time.thread_time_ns()
+    start = time.perf_counter_ns()
+    while len(wall) < min_reps or time.perf_counter_ns() - start < min_seconds * 1e9:
         t0 = time.perf_counter_ns()
         call()
         wall.append(time.perf_counter_ns() - t0)
-        cpu.append(time.thread_time_ns() - c0)
+    total_wall = time.perf_counter_ns() - start
+    total_cpu = time.thread_time_ns() - cpu0
     quartiles = statistics.quantiles(wall, n=4)
-    return (statistics.median(wall) / 1e3, statistics.median(cpu) / 1e3,
+    return (total_wall / len(wall) / 1e3, total_cpu / len(wall) / 1e3,
             (quartiles[2] - quartiles[0]) / 1e3, len(wall))
 
 
