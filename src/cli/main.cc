@@ -25,7 +25,7 @@ constexpr const char* kUsage =
     "                 mpirun -np 4 syncbn train --config configs/fashion_mnist.yaml\n"
     "  coordinator  the gRPC coordinator: syncbn coordinator --state-dir DIR [--listen ADDR]\n"
     "  status       a coordinator's runs: syncbn status --coordinator ADDR [--run ID]\n"
-    "  ckpt         checkpoints: syncbn ckpt list|inspect|export\n"
+    "  ckpt         checkpoints: syncbn ckpt list|inspect|export|push\n"
     "  study        the batch-size study: syncbn study --config FILE --out DIR\n"
     "  model        print the configured model as PyTorch code: syncbn model --config FILE "
     "--torch\n"
