@@ -62,9 +62,9 @@ def closure(roots, packages, providers):
             return name
         return next(iter(providers.get(name, [])), None)
 
-    seen, todo = set(), list(roots)
-    while todo:
-        name = resolve(todo.pop())
+    seen, pending = set(), list(roots)
+    while pending:
+        name = resolve(pending.pop())
         if name is None or name in seen:
             continue
         seen.add(name)
@@ -72,7 +72,7 @@ def closure(roots, packages, providers):
             for alternative in group.split("|"):
                 found = resolve(bare_name(alternative))
                 if found:
-                    todo.append(found)
+                    pending.append(found)
                     break
     return seen
 
