@@ -9,7 +9,7 @@
 # it dies (launch/coordinator.sh), then the ranks. Checkpoints the coordinator cannot take wait
 # in runs/<timestamp>/spill. --out DIR replaces runs/<timestamp>. Prints progress on rank 0 and the final test accuracy; metrics go
 # to runs/<timestamp>/metrics.jsonl, the weights to runs/<timestamp>/weights.safetensors
-# (loadable into the torch.nn.Sequential that `syncbn model --config FILE --torch` prints).
+# (loadable with strict=True into the model that `syncbn model --config FILE --torch` prints).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

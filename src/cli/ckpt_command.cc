@@ -39,7 +39,7 @@ constexpr const char* kCkptUsage =
     "\n"
     "  list     the run's committed checkpoints, newest first\n"
     "  inspect  a checkpoint's metadata, config and tensors (verified first)\n"
-    "  export   a checkpoint's model weights as safetensors with torch.nn.Sequential names,\n"
+    "  export   a checkpoint's model weights as safetensors with PyTorch state-dict names,\n"
     "           like `syncbn train --export-weights` (verified first)\n"
     "  push     uploads the checkpoints a run kept in its spill directory DIR while the\n"
     "           coordinator was unreachable, oldest first (the files are kept)\n"
