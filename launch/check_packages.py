@@ -113,7 +113,7 @@ def cmake_paths(build_dir):
 
 def python_modules():
     """Modules the repository's Python files import that are neither the standard library nor
-    the repository's own (or generated at test time, like syncbn's gRPC stubs)."""
+    the repository's own (or generated at test time, like syncbn's gRPC client code)."""
     names, local = set(), {"syncbn"}
     for top in ("tests", "bench", "launch"):
         for dirpath, _, files in os.walk(os.path.join(ROOT, top)):

@@ -12,6 +12,7 @@
 #include <iterator>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -69,6 +70,12 @@ void expect_error(Fn&& fn, std::initializer_list<std::string> fragments) {
       EXPECT_NE(std::string(e.what()).find(f), std::string::npos)
           << "message '" << e.what() << "' lacks '" << f << "'";
   }
+}
+
+// The same for one fragment.
+template <typename Fn>
+void expect_error(Fn&& fn, const std::string& fragment) {
+  expect_error(std::forward<Fn>(fn), {fragment});
 }
 
 }  // namespace syncbn::testing

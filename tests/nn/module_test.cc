@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/test_util.h"
 #include "core/error.h"
 #include "nn/layers.h"
 #include "tensor/tensor.h"
@@ -16,15 +17,7 @@
 namespace syncbn::nn {
 namespace {
 
-template <typename Fn>
-void expect_error(Fn&& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing '" << fragment << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+using syncbn::testing::expect_error;
 
 // A BasicBlock of `channels` channels with an identity shortcut (downsample: a 1x1 conv + BN).
 std::unique_ptr<ResidualBlock> basic_block(int64_t channels, bool downsample, Rng& rng) {

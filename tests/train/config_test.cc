@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <string>
 
+#include "../common/test_util.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "nn/layers.h"
@@ -17,16 +18,7 @@ namespace {
 
 const data::DatasetInfo kFashionMnist = data::dataset_info(data::Format::kFashionMnist);
 
-template <typename Fn>
-void expect_error(Fn&& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing '" << fragment << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-        << "message '" << e.what() << "' lacks '" << fragment << "'";
-  }
-}
+using syncbn::testing::expect_error;
 
 constexpr const char* kMinimal = "train:\n  steps: 10\n";
 
