@@ -31,8 +31,13 @@ if ((gpu)); then
   exit
 fi
 
-echo "== ctest (Release, every label but gpu)"
-ctest --test-dir build -LE gpu --output-on-failure --timeout 300
+# Tests without MPI ranks, timeouts or network namespaces run $jobs at a time; the ones that
+# start ranks or measure time keep the machine to themselves, one after another.
+serial='mpi|e2e|launch|cluster'
+echo "== ctest (Release, every label but gpu: single-process tests, $jobs at a time)"
+ctest --test-dir build -LE "gpu|$serial" -j "$jobs" --output-on-failure --timeout 300
+echo "== ctest (Release, every label but gpu: multi-rank and timed tests, one at a time)"
+ctest --test-dir build -L "$serial" -LE gpu --output-on-failure --timeout 300
 
 # GPU tests report themselves skipped (not passed) on a machine without a GPU; listing them
 # here keeps that visible. `launch/test.sh --gpu` runs only these.
@@ -47,7 +52,7 @@ if ((asan)); then
     -DSYNCBN_SANITIZE=ON -DSYNCBN_WERROR=ON -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_CUDA=OFF >/dev/null
   cmake --build build-asan -j "$jobs" --target syncbn_unit_tests
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan -L unit --output-on-failure --timeout 300
+    ctest --test-dir build-asan -L unit -j "$jobs" --output-on-failure --timeout 300
 
   echo "== ctest (TSan, the coordinator's store and state machine)"
   # The gRPC server tests are not run here: Debian's gRPC and Abseil are not built with TSan, so
@@ -57,5 +62,5 @@ if ((asan)); then
   cmake --build build-tsan -j "$jobs" --target coordinator_unit_test
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     ctest --test-dir build-tsan -R '^(CoordinatorState|CheckpointStore|Crc32c|Upload)' \
-    --output-on-failure --timeout 300 --no-tests=error
+    -j "$jobs" --output-on-failure --timeout 300 --no-tests=error
 fi
