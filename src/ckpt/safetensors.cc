@@ -21,7 +21,9 @@ namespace syncbn::ckpt {
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; this build copies it as is");
 
-const char* to_string(DType dtype) { return dtype == DType::kF32 ? "F32" : "I64"; }
+const char* to_string(DType dtype) {
+  return dtype == DType::kF32 ? "F32" : dtype == DType::kF64 ? "F64" : "I64";
+}
 
 int64_t dtype_size(DType dtype) { return dtype == DType::kF32 ? 4 : 8; }
 
@@ -91,11 +93,13 @@ Record parse_record(const std::string& source, const std::string& name, const js
                  ", expected a string");
   if (dtype->as_string() == "F32") {
     r.entry.dtype = DType::kF32;
+  } else if (dtype->as_string() == "F64") {
+    r.entry.dtype = DType::kF64;
   } else if (dtype->as_string() == "I64") {
     r.entry.dtype = DType::kI64;
   } else {
     throw Error(str_cat(source, ": ", what, " has unsupported dtype ",
-                        json::quote(dtype->as_string()), "; expected F32 or I64"));
+                        json::quote(dtype->as_string()), "; expected F32, F64 or I64"));
   }
 
   SYNCBN_REQUIRE(shape->is_array(), source, ": ", what, " has a shape that is ", a_kind(*shape),

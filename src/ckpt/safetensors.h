@@ -26,9 +26,10 @@ namespace syncbn::ckpt {
 
 inline constexpr uint64_t kMaxHeaderBytes = uint64_t{100} << 20;
 
-enum class DType { kF32, kI64 };
+// F64 is read for the PyTorch reference files of the tests; checkpoints hold F32 and I64.
+enum class DType { kF32, kF64, kI64 };
 
-// "F32" / "I64", the safetensors names.
+// "F32" / "F64" / "I64", the safetensors names.
 const char* to_string(DType dtype);
 int64_t dtype_size(DType dtype);
 

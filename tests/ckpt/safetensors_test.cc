@@ -162,7 +162,7 @@ TEST(Safetensors, RejectsBadHeaders) {
       {"{\"a\":{" + ok_info + ",\"extra\":1}}", d8, "tensor \"a\" has unknown field \"extra\""},
       {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", d8, "tensor \"a\" lacks data_offsets"},
       {"{\"a\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]}}", d8,
-       "tensor \"a\" has unsupported dtype \"F16\"; expected F32 or I64"},
+       "tensor \"a\" has unsupported dtype \"F16\"; expected F32, F64 or I64"},
       {"{\"a\":{\"dtype\":3,\"shape\":[2],\"data_offsets\":[0,8]}}", d8,
        "has a dtype that is an integer, expected a string"},
       {"{\"a\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}", d8,
