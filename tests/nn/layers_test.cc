@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/test_util.h"
 #include "comm/communicator.h"
 #include "core/error.h"
 #include "tensor/tensor.h"
@@ -679,17 +680,7 @@ TEST(NnAllLayers, GradientsAccumulate) {
   }
 }
 
-// Runs f, expecting syncbn::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing '" << parts.front() << "'";
-  } catch (const Error& e) {
-    for (const std::string& part : parts)
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-          << "message: " << e.what() << "\nmissing: " << part;
-  }
-}
+using syncbn::testing::expect_error;
 
 TEST(NnAllLayers, BackwardWithoutForwardThrows) {
   for (const Named& l : all_layers()) {
