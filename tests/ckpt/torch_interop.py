@@ -1,8 +1,7 @@
 #!/usr/bin/python3
 """safetensors interop with PyTorch 1.13, for torch_interop_test.
 
-The format is read and written here with struct + json, independently of syncbn's C++ code
-(Debian has no python3-safetensors):
+The format is read and written by tests/common/torch_ref.py, independently of syncbn's C++ code:
 
   check MODEL_FILE VALUES_FILE   load MODEL_FILE into torch.nn.Sequential(Conv2d(2, 4, 3),
                                  BatchNorm2d(4)) with load_state_dict(strict=True) and compare
@@ -12,51 +11,17 @@ The format is read and written here with struct + json, independently of syncbn'
 
 VALUES_FILE lines: name dtype v1 v2 ... (floats as repr of the float32 value, exact).
 """
-import json
-import struct
+import os
 import sys
 
 import torch
 
-DTYPES = {"F32": torch.float32, "I64": torch.int64}
-NAMES = {v: k for k, v in DTYPES.items()}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from torch_ref import DTYPES, NAMES, read_safetensors, write_safetensors  # noqa: E402
 
 
 def make_model():
     return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4))
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    data = blob[8 + n:]
-    metadata = header.pop("__metadata__", {})
-    tensors = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        raw = bytearray(data[begin:end])
-        t = torch.frombuffer(raw, dtype=DTYPES[info["dtype"]]) if raw else torch.empty(
-            0, dtype=DTYPES[info["dtype"]])
-        tensors[name] = t.reshape(info["shape"])
-    return tensors, metadata
-
-
-def write_safetensors(path, tensors, metadata):
-    header = {"__metadata__": metadata}
-    chunks, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        raw = t.numpy().tobytes()
-        header[name] = {"dtype": NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode("utf-8")  # ensure_ascii: non-ASCII as \u escapes
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
 
 
 def read_values(path):

@@ -9,16 +9,11 @@ Every case draws float32 inputs (x, weight, bias, upstream gradient dy, labels),
 float64 and runs the torch.nn module or functional and autograd in float64, so the references are
 exact to ~1e-15 for exactly the float32 values the C++ side gets.
 
-File format (integers little-endian):
+The file is a reference-case file of tests/common/torch_ref.py (safetensors: attributes in the
+metadata, arrays as tensors, both under the case id).
 
-    File   := "SBNLAYR1" u32:case_count Case{case_count} "SBNLEND!"
-    Case   := Str:id Str:op u32:attr_count (Str:key Str:value){attr_count}
-              u32:array_count Array{array_count}
-    Array  := Str:name u8:dtype u8:ndim i64:dims[ndim] data
-              dtype 1 = float32, 2 = float64, 3 = int32; prod(dims) values, row-major
-    Str    := u32:byte_length bytes (UTF-8)
-
-Ops, their attributes (decimal integers) and arrays (f32 = inputs, f64 = references):
+Ops (attribute op), their other attributes (decimal integers) and arrays (f32 = inputs,
+f64 = references):
 
     conv2d         in, out, kernel, stride, padding, bias (1|0)
                    x, weight, [bias], dy (f32); y, dx, dweight, [dbias] (f64)
@@ -27,61 +22,26 @@ Ops, their attributes (decimal integers) and arrays (f32 = inputs, f64 = referen
     max_pool2d     kernel, stride, padding              x, dy; y, dx
     adaptive_avg_pool2d  out_h, out_w                   x, dy; y, dx
     relu           -                                    x, dy; y, dx
-    cross_entropy  correct (argmax hits)                logits (f32), labels (i32);
+    cross_entropy  correct (argmax hits)                logits (f32), labels (i64);
                                                         loss (f64, shape [1], mean reduction),
                                                         dlogits (f64, gradient of the mean)
 """
 
 import argparse
-import struct
+import os
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-F32, F64, I32 = 1, 2, 3
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from torch_ref import CaseWriter  # noqa: E402
 
 
-class Writer:
-    def __init__(self):
-        self.cases = []
-
+class Writer(CaseWriter):
     def add(self, case_id, op, attrs, arrays):
-        self.cases.append((case_id, op, attrs, arrays))
-
-    @staticmethod
-    def _str(s):
-        b = s.encode("utf-8")
-        return struct.pack("<I", len(b)) + b
-
-    def _array(self, name, a):
-        if a.dtype == np.float32:
-            dtype = F32
-        elif a.dtype == np.float64:
-            dtype = F64
-        elif a.dtype == np.int32:
-            dtype = I32
-        else:
-            raise TypeError(f"{name}: unsupported dtype {a.dtype}")
-        a = np.ascontiguousarray(a)
-        out = self._str(name) + struct.pack("<BB", dtype, a.ndim)
-        out += struct.pack(f"<{a.ndim}q", *a.shape)
-        return out + a.astype(a.dtype.newbyteorder("<")).tobytes()
-
-    def write(self, path):
-        out = [b"SBNLAYR1", struct.pack("<I", len(self.cases))]
-        for case_id, op, attrs, arrays in self.cases:
-            out.append(self._str(case_id) + self._str(op))
-            out.append(struct.pack("<I", len(attrs)))
-            for k, v in attrs.items():
-                out.append(self._str(k) + self._str(str(v)))
-            out.append(struct.pack("<I", len(arrays)))
-            for name, a in arrays.items():
-                out.append(self._array(name, a))
-        out.append(b"SBNLEND!")
-        with open(path, "wb") as f:
-            f.write(b"".join(out))
+        super().add(case_id, dict(attrs, op=op), arrays)
 
 
 def f32(gen, shape, scale=1.0):
@@ -207,13 +167,13 @@ def main():
     if not torch.__version__.startswith("1.13"):
         print(f"warning: expected PyTorch 1.13, running {torch.__version__}", file=sys.stderr)
     gen = torch.Generator().manual_seed(args.seed)
-    w = Writer()
+    w = Writer("tests/nn/torch_layers.py")
     conv_cases(w, gen)
     linear_cases(w, gen)
     pool_cases(w, gen)
     cross_entropy_cases(w, gen)
     w.write(args.out)
-    print(f"wrote {len(w.cases)} cases to {args.out}")
+    print(f"wrote {len(w.ids)} cases to {args.out}")
 
 
 if __name__ == "__main__":

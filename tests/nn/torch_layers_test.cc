@@ -20,18 +20,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "../common/torch_reference.h"
 #include "core/error.h"
 #include "nn/layers.h"
 #include "tensor/tensor.h"
 
 #ifndef SYNCBN_NN_TORCH_CASES_DEFAULT
-#define SYNCBN_NN_TORCH_CASES_DEFAULT "nn_torch_layers.bin"
+#define SYNCBN_NN_TORCH_CASES_DEFAULT "nn_torch_layers.safetensors"
 #endif
 
 namespace syncbn::nn {
@@ -40,117 +39,14 @@ namespace {
 constexpr double kForwardTolerance = 1e-5;
 constexpr double kGradTolerance = 1e-4;
 
-struct RefArray {
-  std::vector<int64_t> dims;
-  std::vector<double> values;  // float32 and int32 inputs are exact as doubles
-};
-
-struct RefCase {
-  std::string id, op;
-  std::map<std::string, std::string> attrs;
-  std::map<std::string, RefArray> arrays;
-
-  int64_t attr(const std::string& key) const {
-    auto it = attrs.find(key);
-    SYNCBN_REQUIRE(it != attrs.end(), "case ", id, " has no attribute '", key, "'");
-    return std::stoll(it->second);
-  }
-  bool has(const std::string& name) const { return arrays.count(name) > 0; }
-  const RefArray& array(const std::string& name) const {
-    auto it = arrays.find(name);
-    SYNCBN_REQUIRE(it != arrays.end(), "case ", id, " has no array '", name, "'");
-    return it->second;
-  }
-  Tensor tensor(const std::string& name) const {
-    const RefArray& a = array(name);
-    Tensor t(a.dims);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(a.values[i]);
-    return t;
-  }
-};
-
-class Reader {
- public:
-  explicit Reader(const std::string& path) : path_(path), in_(path, std::ios::binary) {
-    SYNCBN_REQUIRE(in_.good(), "cannot open PyTorch reference file ", path,
-                   " (written by tests/nn/torch_layers.py)");
-  }
-
-  std::vector<RefCase> read_all() {
-    expect_magic("SBNLAYR1");
-    std::vector<RefCase> cases(read_u32());
-    for (RefCase& c : cases) {
-      c.id = read_str();
-      c.op = read_str();
-      for (uint32_t i = 0, n = read_u32(); i < n; ++i) {
-        std::string key = read_str();
-        c.attrs[key] = read_str();
-      }
-      for (uint32_t i = 0, n = read_u32(); i < n; ++i) {
-        std::string name = read_str();
-        c.arrays[name] = read_array();
-      }
-    }
-    expect_magic("SBNLEND!");
-    return cases;
-  }
-
- private:
-  void read_bytes(void* out, size_t size) {
-    in_.read(static_cast<char*>(out), static_cast<std::streamsize>(size));
-    SYNCBN_REQUIRE(in_.good(), path_, ": truncated PyTorch reference file");
-  }
-  uint32_t read_u32() {
-    uint32_t v;
-    read_bytes(&v, sizeof v);
-    return v;
-  }
-  std::string read_str() {
-    std::string s(read_u32(), '\0');
-    read_bytes(s.data(), s.size());
-    return s;
-  }
-  void expect_magic(const char* magic) {
-    char got[8];
-    read_bytes(got, 8);
-    SYNCBN_REQUIRE(std::memcmp(got, magic, 8) == 0, path_, ": expected '", magic, "'");
-  }
-  RefArray read_array() {
-    uint8_t header[2];
-    read_bytes(header, 2);
-    RefArray a;
-    a.dims.resize(header[1]);
-    int64_t count = 1;
-    for (int64_t& d : a.dims) {
-      read_bytes(&d, sizeof d);
-      count *= d;
-    }
-    a.values.resize(count);
-    for (double& v : a.values) {
-      if (header[0] == 1) {
-        float f;
-        read_bytes(&f, sizeof f);
-        v = f;
-      } else if (header[0] == 2) {
-        read_bytes(&v, sizeof v);
-      } else {
-        SYNCBN_REQUIRE(header[0] == 3, path_, ": unknown dtype ", int{header[0]});
-        int32_t i;
-        read_bytes(&i, sizeof i);
-        v = i;
-      }
-    }
-    return a;
-  }
-
-  std::string path_;
-  std::ifstream in_;
-};
+using testing::RefArray;
+using testing::RefCase;
 
 const std::vector<RefCase>& all_cases() {
   static const std::vector<RefCase> cases = [] {
     const char* env = std::getenv("SYNCBN_NN_TORCH_CASES");
-    return Reader(env && *env ? env : SYNCBN_NN_TORCH_CASES_DEFAULT).read_all();
+    return testing::read_reference_cases(env && *env ? env : SYNCBN_NN_TORCH_CASES_DEFAULT,
+                                         "tests/nn/torch_layers.py");
   }();
   return cases;
 }
@@ -159,7 +55,7 @@ const std::vector<RefCase>& all_cases() {
 std::vector<const RefCase*> cases_of(const std::string& op, size_t at_least) {
   std::vector<const RefCase*> out;
   for (const RefCase& c : all_cases())
-    if (c.op == op) out.push_back(&c);
+    if (c.attr("op") == op) out.push_back(&c);
   EXPECT_GE(out.size(), at_least) << "too few " << op << " cases in the reference file";
   return out;
 }
@@ -214,10 +110,10 @@ TEST(TorchLayers, Conv2d) {
   for (const RefCase* c : cases_of("conv2d", 9)) {
     SCOPED_TRACE(c->id);
     Rng rng(0);
-    Conv2d conv(c->attr("in"), c->attr("out"), c->attr("kernel"), c->attr("stride"),
-                c->attr("padding"), c->attr("bias") != 0, rng);
+    Conv2d conv(c->attr_int("in"), c->attr_int("out"), c->attr_int("kernel"), c->attr_int("stride"),
+                c->attr_int("padding"), c->attr_int("bias") != 0, rng);
     copy_into(conv.weight(), c->tensor("weight"));
-    if (c->attr("bias")) copy_into(conv.bias(), c->tensor("bias"));
+    if (c->attr_int("bias")) copy_into(conv.bias(), c->tensor("bias"));
     check_layer(conv, *c, worst);
   }
 }
@@ -227,9 +123,9 @@ TEST(TorchLayers, Linear) {
   for (const RefCase* c : cases_of("linear", 4)) {
     SCOPED_TRACE(c->id);
     Rng rng(0);
-    Linear fc(c->attr("in"), c->attr("out"), c->attr("bias") != 0, rng);
+    Linear fc(c->attr_int("in"), c->attr_int("out"), c->attr_int("bias") != 0, rng);
     copy_into(fc.weight(), c->tensor("weight"));
-    if (c->attr("bias")) copy_into(fc.bias(), c->tensor("bias"));
+    if (c->attr_int("bias")) copy_into(fc.bias(), c->tensor("bias"));
     check_layer(fc, *c, worst);
   }
 }
@@ -238,7 +134,7 @@ TEST(TorchLayers, MaxPool2d) {
   Worst worst;
   for (const RefCase* c : cases_of("max_pool2d", 5)) {
     SCOPED_TRACE(c->id);
-    MaxPool2d pool(c->attr("kernel"), c->attr("stride"), c->attr("padding"));
+    MaxPool2d pool(c->attr_int("kernel"), c->attr_int("stride"), c->attr_int("padding"));
     check_layer(pool, *c, worst);
   }
 }
@@ -247,7 +143,7 @@ TEST(TorchLayers, AdaptiveAvgPool2d) {
   Worst worst;
   for (const RefCase* c : cases_of("adaptive_avg_pool2d", 4)) {
     SCOPED_TRACE(c->id);
-    AdaptiveAvgPool2d pool(c->attr("out_h"), c->attr("out_w"));
+    AdaptiveAvgPool2d pool(c->attr_int("out_h"), c->attr_int("out_w"));
     check_layer(pool, *c, worst);
   }
 }
@@ -278,7 +174,7 @@ TEST(TorchLayers, CrossEntropy) {
     mean.data()[0] = static_cast<float>(loss / static_cast<double>(N));
     worst.check("loss", mean, c->array("loss"), kForwardTolerance);
     worst.check("dlogits", dlogits, c->array("dlogits"), kGradTolerance);
-    EXPECT_EQ(correct, c->attr("correct"));
+    EXPECT_EQ(correct, c->attr_int("correct"));
   }
 }
 

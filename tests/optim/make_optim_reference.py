@@ -20,16 +20,9 @@ Records:
                 schedulers give it (see lr_schedule.h for the convention). Attributes: kind,
                 base_lr, warmup_steps, total_steps, step_size, gamma, min_lr. Array: lr (total).
 
-File format: whitespace-separated tokens.
-
-    File    := "syncbn-optim-ref" "1" Record* "end"
-    Record  := "record" kind id attr_count Attr{attr_count} array_count Array{array_count}
-    Attr    := key " " value "\n"     (the value is the rest of the line: it may hold spaces)
-    Array   := name ndim dims{ndim} values{prod(dims)}
-
-Kinds, ids, keys and array names contain no whitespace. Numbers are Python reprs of doubles,
-which read back exactly; float32 data is stored as the double of equal value, so it reads back
-exactly too.
+The file is a reference-case file of tests/common/torch_ref.py (safetensors: attributes in the
+metadata, arrays as tensors, both under the case id); a record's case id is KIND.ID, e.g.
+sgd.plain. float32 data is stored as F32, learning rates as F64.
 """
 
 import argparse
@@ -39,6 +32,9 @@ import warnings
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from torch_ref import CaseWriter  # noqa: E402
 
 STEPS = 10
 
@@ -88,29 +84,9 @@ SCHEDULES = [
 ]
 
 
-class Writer:
-    def __init__(self, out):
-        self.out = out
-        self.count = 0
-
+class Writer(CaseWriter):
     def record(self, kind, rid, attrs, arrays):
-        self.count += 1
-        w = self.out.write
-        w("record %s %s %d\n" % (kind, rid, len(attrs)))
-        for key, value in attrs.items():
-            value = str(value)
-            assert "\n" not in value and value == value.strip(), (key, value)
-            w("%s %s\n" % (key, value))
-        w("%d\n" % len(arrays))
-        for name, array in arrays.items():
-            a = np.asarray(array)
-            w("%s %d %s\n" % (name, a.ndim, " ".join(str(d) for d in a.shape)))
-            w(" ".join(repr(float(v)) for v in a.reshape(-1)))
-            w("\n")
-
-
-def number(x):
-    return repr(x) if isinstance(x, float) else str(x)
+        self.add("%s.%s" % (kind, rid), attrs, arrays)
 
 
 def sgd_records(writer, rng):
@@ -142,9 +118,8 @@ def sgd_records(writer, rng):
                     arrays["buf.%d.%d" % (j, k)] = opt.state[p]["momentum_buffer"].numpy().copy()
                 else:
                     assert opt.state[p].get("momentum_buffer") is None
-        attrs = {"momentum": number(momentum), "dampening": number(dampening),
-                 "weight_decay": number(weight_decay), "nesterov": int(nesterov),
-                 "steps": STEPS, "params": len(PARAMS)}
+        attrs = {"momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                 "nesterov": int(nesterov), "steps": STEPS, "params": len(PARAMS)}
         for j, (name, _, _, _) in enumerate(PARAMS):
             attrs["name.%d" % j] = name
         writer.record("sgd", rid, attrs, arrays)
@@ -161,9 +136,9 @@ def sgd_error_records(writer):
         else:
             sys.exit("torch.optim.SGD accepted the options of error case %s" % rid)
         writer.record("sgd_error", rid,
-                      {"lr": number(lr), "momentum": number(momentum),
-                       "dampening": number(dampening), "weight_decay": number(weight_decay),
-                       "nesterov": int(nesterov), "torch_error": message},
+                      {"lr": lr, "momentum": momentum, "dampening": dampening,
+                       "weight_decay": weight_decay, "nesterov": int(nesterov),
+                       "torch_error": message},
                       {})
 
 
@@ -200,9 +175,9 @@ def schedule_records(writer):
                          base_lr, after)
         assert len(lrs) == total
         writer.record("schedule", rid,
-                      {"kind": kind, "base_lr": number(base_lr), "warmup_steps": warmup,
-                       "total_steps": total, "step_size": step_size, "gamma": number(gamma),
-                       "min_lr": number(min_lr)},
+                      {"kind": kind, "base_lr": base_lr, "warmup_steps": warmup,
+                       "total_steps": total, "step_size": step_size, "gamma": gamma,
+                       "min_lr": min_lr},
                       {"lr": np.array(lrs, dtype=np.float64)})
 
 
@@ -215,16 +190,12 @@ def main():
     torch.set_num_threads(1)
     warnings.simplefilter("error")  # a scheduler warning would mean we drive it wrongly
     rng = np.random.default_rng(args.seed)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as out:
-        out.write("syncbn-optim-ref 1\n")
-        writer = Writer(out)
-        sgd_records(writer, rng)
-        sgd_error_records(writer)
-        schedule_records(writer)
-        out.write("end\n")
-    os.replace(tmp, args.out)  # never leave a half-written file under the final name
-    print("wrote %d records to %s" % (writer.count, args.out), file=sys.stderr)
+    writer = Writer("tests/optim/make_optim_reference.py")
+    sgd_records(writer, rng)
+    sgd_error_records(writer)
+    schedule_records(writer)
+    writer.write(args.out)
+    print("wrote %d records to %s" % (len(writer.ids), args.out), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -31,13 +30,14 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/torch_reference.h"
 #include "core/error.h"
 #include "optim/lr_schedule.h"
 #include "optim/sgd.h"
 #include "tensor/tensor.h"
 
 #ifndef SYNCBN_OPTIM_REF_DEFAULT
-#define SYNCBN_OPTIM_REF_DEFAULT "optim_torch_ref.txt"
+#define SYNCBN_OPTIM_REF_DEFAULT "optim_torch_ref.safetensors"
 #endif
 
 namespace syncbn::optim {
@@ -46,34 +46,13 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // The reference file.
 
-struct RefArray {
-  std::vector<int64_t> dims;
-  std::vector<double> values;  // float32 data is stored exactly as doubles
-};
-
-struct RefRecord {
-  std::string kind, id;
-  std::map<std::string, std::string> attrs;
-  std::map<std::string, RefArray> arrays;
-
-  const std::string& attr(const std::string& key) const {
-    auto it = attrs.find(key);
-    SYNCBN_REQUIRE(it != attrs.end(), "record ", id, " has no attribute '", key, "'");
-    return it->second;
-  }
-  double attr_double(const std::string& key) const { return std::stod(attr(key)); }
-  int64_t attr_int(const std::string& key) const { return std::stoll(attr(key)); }
-  const RefArray& array(const std::string& name) const {
-    auto it = arrays.find(name);
-    SYNCBN_REQUIRE(it != arrays.end(), "record ", id, " has no array '", name, "'");
-    return it->second;
-  }
-};
+using testing::RefArray;
+using testing::RefCase;
 
 struct RefFile {
   std::string path;
-  std::string error;                         // empty when the file was read completely
-  std::map<std::string, RefRecord> records;  // by kind + "/" + id
+  std::string error;                       // empty when the file was read completely
+  std::map<std::string, RefCase> records;  // by case id, KIND.ID
 };
 
 std::string ref_path() {
@@ -85,49 +64,9 @@ RefFile read_ref_file(const std::string& path) {
   RefFile file;
   file.path = path;
   try {
-    std::ifstream in(path);
-    SYNCBN_REQUIRE(in, "cannot open ", path,
-                   " (written by make_optim_reference.py, the optim.make_reference test)");
-    std::string token, version;
-    in >> token >> version;
-    SYNCBN_REQUIRE(token == "syncbn-optim-ref" && version == "1", path, " is not a version 1 ",
-                   "optim reference file");
-    while (in >> token && token == "record") {
-      RefRecord r;
-      size_t attr_count = 0, array_count = 0;
-      in >> r.kind >> r.id >> attr_count;
-      for (size_t i = 0; i < attr_count; ++i) {
-        std::string key, value;
-        in >> key;
-        std::getline(in, value);
-        SYNCBN_REQUIRE(!value.empty() && value[0] == ' ', "record ", r.id, ": bad attribute ", key);
-        r.attrs[key] = value.substr(1);
-      }
-      in >> array_count;
-      for (size_t i = 0; i < array_count; ++i) {
-        std::string name;
-        size_t ndim = 0;
-        in >> name >> ndim;
-        RefArray a;
-        a.dims.resize(ndim);
-        int64_t numel = 1;
-        for (int64_t& d : a.dims) {
-          in >> d;
-          numel *= d;
-        }
-        a.values.resize(static_cast<size_t>(numel));
-        for (double& v : a.values) {
-          std::string number;
-          in >> number;
-          v = std::stod(number);
-        }
-        r.arrays[name] = std::move(a);
-      }
-      SYNCBN_REQUIRE(in, path, ": truncated in record ", r.id);
-      std::string key = r.kind + "/" + r.id;
-      file.records[key] = std::move(r);
-    }
-    SYNCBN_REQUIRE(token == "end", path, " is truncated (no 'end' marker)");
+    for (RefCase& r : testing::read_reference_cases(
+             path, "make_optim_reference.py, the optim.make_reference test"))
+      file.records[r.id] = std::move(r);
   } catch (const std::exception& e) {
     file.error = e.what();
   }
@@ -139,18 +78,12 @@ const RefFile& ref_file() {
   return file;
 }
 
-const RefRecord& record(const std::string& kind, const std::string& id) {
+const RefCase& record(const std::string& kind, const std::string& id) {
   const RefFile& file = ref_file();
   SYNCBN_REQUIRE(file.error.empty(), file.error);
-  auto it = file.records.find(kind + "/" + id);
+  auto it = file.records.find(kind + "." + id);
   SYNCBN_REQUIRE(it != file.records.end(), file.path, " has no ", kind, " record '", id, "'");
   return it->second;
-}
-
-Tensor to_tensor(const RefArray& a) {
-  Tensor t(a.dims);
-  for (size_t i = 0; i < a.values.size(); ++i) t.data()[i] = static_cast<float>(a.values[i]);
-  return t;
 }
 
 // max_i |ours_i − ref_i| / max_i |ref_i| (0 for an empty or all-zero reference that we match).
@@ -186,9 +119,9 @@ TEST(OptimTorchRefFile, FileHoldsEveryRecord) {
   const RefFile& file = ref_file();
   ASSERT_TRUE(file.error.empty()) << file.error;
   std::set<std::string> expected;
-  for (const auto& id : kSgdIds) expected.insert("sgd/" + id);
-  for (const auto& id : kSgdErrorIds) expected.insert("sgd_error/" + id);
-  for (const auto& id : kScheduleIds) expected.insert("schedule/" + id);
+  for (const auto& id : kSgdIds) expected.insert("sgd." + id);
+  for (const auto& id : kSgdErrorIds) expected.insert("sgd_error." + id);
+  for (const auto& id : kScheduleIds) expected.insert("schedule." + id);
   std::set<std::string> found;
   for (const auto& [key, r] : file.records) found.insert(key);
   EXPECT_EQ(found, expected) << "make_optim_reference.py and optim_torch_test.cc disagree on the "
@@ -198,7 +131,7 @@ TEST(OptimTorchRefFile, FileHoldsEveryRecord) {
 // ---------------------------------------------------------------------------------------------
 // SGD trajectories.
 
-SgdOptions options_of(const RefRecord& r) {
+SgdOptions options_of(const RefCase& r) {
   SgdOptions o;
   if (r.attrs.count("lr")) o.lr = r.attr_double("lr");
   o.momentum = r.attr_double("momentum");
@@ -215,7 +148,7 @@ class TorchSgd : public ::testing::TestWithParam<SgdParam> {};
 
 TEST_P(TorchSgd, MatchesTrajectory) {
   const auto& [id, channels_last, resume] = GetParam();
-  const RefRecord& r = record("sgd", id);
+  const RefCase& r = record("sgd", id);
   const SgdOptions options = options_of(r);
   const int64_t steps = r.attr_int("steps");
   const size_t count = static_cast<size_t>(r.attr_int("params"));
@@ -228,7 +161,7 @@ TEST_P(TorchSgd, MatchesTrajectory) {
   };
   std::vector<Tensor> values, grads;
   for (size_t j = 0; j < count; ++j) {
-    Tensor init = to_tensor(r.array(str_cat("p.", j, ".init")));
+    Tensor init = r.tensor(str_cat("p.", j, ".init"));
     const MemoryFormat format = format_of(init);
     values.push_back(init.to(format));
     grads.push_back(Tensor(init.shape(), format));
@@ -261,7 +194,7 @@ TEST_P(TorchSgd, MatchesTrajectory) {
     sgd->zero_grad();
     for (size_t j = 0; j < count; ++j) {
       Tensor& grad = (*current_grads)[j];
-      const Tensor g = to_tensor(r.array(str_cat("grad.", j, ".", k))).to(grad.format());
+      const Tensor g = r.tensor(str_cat("grad.", j, ".", k)).to(grad.format());
       for (int64_t i = 0; i < g.numel(); ++i) grad.data()[i] += g.data()[i];
     }
     sgd->step(lrs.values[static_cast<size_t>(k)]);
@@ -303,7 +236,7 @@ INSTANTIATE_TEST_SUITE_P(Configs, TorchSgd,
 class TorchSgdError : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TorchSgdError, SameMessage) {
-  const RefRecord& r = record("sgd_error", GetParam());
+  const RefCase& r = record("sgd_error", GetParam());
   const SgdOptions options = options_of(r);
   const std::string& expected = r.attr("torch_error");
   try {
@@ -329,7 +262,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, TorchSgdError, ::testing::ValuesIn(kSgdErrorIds)
 class TorchSchedule : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TorchSchedule, MatchesEveryStep) {
-  const RefRecord& r = record("schedule", GetParam());
+  const RefCase& r = record("schedule", GetParam());
   LrSchedule schedule;
   schedule.kind = parse_schedule_kind(r.attr("kind"));
   schedule.base_lr = r.attr_double("base_lr");

@@ -15,13 +15,8 @@ order (N, C, *spatial); for channels-last cases the C++ side converts with
 Tensor::to(MemoryFormat::kChannelsLast), and this script checks PyTorch's own channels_last path
 against the contiguous one (see Generator.run_steps).
 
-File format (all integers little-endian):
-
-    File   := "SBNTREF1" u32:case_count Case{case_count} "SBNTEND!"
-    Case   := Str:id u32:attr_count (Str:key Str:value){attr_count} u32:array_count Array{...}
-    Array  := Str:name u8:dtype u8:ndim i64:dims[ndim] data
-              dtype 1 = float32, 2 = float64; data is prod(dims) values, logical row-major order
-    Str    := u32:byte_length bytes (UTF-8, no terminator)
+The file is a reference-case file of tests/common/torch_ref.py (safetensors: attributes in the
+metadata, arrays as tensors, both under the case id).
 
 Attributes (all strings; numbers in Python repr, which round-trips float64):
 
@@ -62,7 +57,6 @@ Arrays (float32 = inputs as the C++ side must use them; float64 = references):
 import argparse
 import copy
 import os
-import struct
 import sys
 
 import numpy as np
@@ -70,7 +64,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-F32, F64 = 1, 2
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from torch_ref import CaseWriter, attr_string  # noqa: E402
+
+F32, F64 = np.float32, np.float64
 
 # (mean, stddev) of the float32 inputs, one drawn per step. The "offset" cases add data at
 # |mean|/std = 1e3 and 1e4 (DESIGN.md §2: variance must survive them, which float32
@@ -83,49 +80,16 @@ class Case:
     def __init__(self, case_id):
         self.id = case_id
         self.attrs = {}
-        self.arrays = []
+        self.arrays = {}
 
     def attr(self, key, value):
-        if isinstance(value, bool):
-            value = int(value)
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        self.attrs[key] = repr(value) if isinstance(value, float) else str(value)
+        self.attrs[key] = attr_string(value)
 
     def array(self, name, values, dtype):
         if isinstance(values, torch.Tensor):
             # Logical order whatever the layout; a copy, since module buffers change later.
             values = values.detach().contiguous().numpy()
-        values = np.array(values, dtype=np.float32 if dtype == F32 else np.float64, order="C",
-                          copy=True)
-        self.arrays.append((name, dtype, values))
-
-
-def write_str(out, text):
-    data = text.encode("utf-8")
-    out.write(struct.pack("<I", len(data)))
-    out.write(data)
-
-
-def write_cases(path, cases):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as out:
-        out.write(b"SBNTREF1")
-        out.write(struct.pack("<I", len(cases)))
-        for case in cases:
-            write_str(out, case.id)
-            out.write(struct.pack("<I", len(case.attrs)))
-            for key, value in case.attrs.items():
-                write_str(out, key)
-                write_str(out, value)
-            out.write(struct.pack("<I", len(case.arrays)))
-            for name, dtype, values in case.arrays:
-                write_str(out, name)
-                out.write(struct.pack("<BB", dtype, values.ndim))
-                out.write(struct.pack("<%dq" % values.ndim, *values.shape))
-                out.write(values.astype("<f4" if dtype == F32 else "<f8").tobytes())
-        out.write(b"SBNTEND!")
-    os.replace(tmp, path)  # never leave a half-written file where the test looks
+        self.arrays[name] = np.array(values, dtype=dtype, order="C", copy=True)
 
 
 def term_scales(case, module, x, dy, training):
@@ -529,7 +493,10 @@ def main():
     gen.layer_norm_cases()
     gen.instance_norm_cases()
     gen.error_cases()
-    write_cases(args.out, gen.cases)
+    writer = CaseWriter("tests/torch_ref/make_reference.py")
+    for case in gen.cases:
+        writer.add(case.id, case.attrs, case.arrays)
+    writer.write(args.out)
     counts = {}
     for case in gen.cases:
         counts[case.attrs["op"]] = counts.get(case.attrs["op"], 0) + 1

@@ -14,52 +14,16 @@ MODE grad     a training-mode forward, loss = mean cross-entropy, backward; writ
               logits, grad.NAME for every parameter and the running statistics after the step
 MODE eval     an eval-mode forward; writes logits
 
-The safetensors format is read and written with struct + json (Debian has no
-python3-safetensors), independently of syncbn's C++ code. Outputs are float64 results rounded to
-float32.
+safetensors is read and written by tests/common/torch_ref.py, independently of syncbn's C++
+code. Outputs are float64 results rounded to float32.
 """
-import json
-import struct
+import os
 import sys
 
 import torch
 
-DTYPES = {"F32": torch.float32, "I64": torch.int64}
-NAMES = {v: k for k, v in DTYPES.items()}
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    data = blob[8 + n:]
-    header.pop("__metadata__", None)
-    tensors = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        raw = bytearray(data[begin:end])
-        dtype = DTYPES[info["dtype"]]
-        t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        tensors[name] = t.reshape(info["shape"])
-    return tensors
-
-
-def write_safetensors(path, tensors):
-    header = {}
-    chunks, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
-        t = t.to(torch.float32) if t.is_floating_point() else t.to(torch.int64)
-        raw = t.numpy().tobytes()
-        header[name] = {"dtype": NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from torch_ref import read_safetensors, write_safetensors  # noqa: E402
 
 
 def run(mode, code_file, weights_file, inputs_file, out_file):
@@ -67,10 +31,10 @@ def run(mode, code_file, weights_file, inputs_file, out_file):
     with open(code_file) as f:
         exec(compile(f.read(), code_file, "exec"), scope)  # pylint: disable=exec-used
     model = scope["model"]
-    state = read_safetensors(weights_file)
+    state, _ = read_safetensors(weights_file)
     model.load_state_dict(state, strict=True)
     model = model.double()
-    inputs = read_safetensors(inputs_file)
+    inputs, _ = read_safetensors(inputs_file)
     x = inputs["x"].double()
     out = {}
     if mode == "eval":
@@ -90,7 +54,8 @@ def run(mode, code_file, weights_file, inputs_file, out_file):
             out["buffer." + name] = b
     else:
         sys.exit("unknown mode " + mode)
-    write_safetensors(out_file, out)
+    write_safetensors(out_file, {name: t.detach().float() if t.is_floating_point() else t
+                                 for name, t in out.items()})
 
 
 def main():

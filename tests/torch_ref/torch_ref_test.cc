@@ -2,7 +2,8 @@
 // rule 10). make_reference.py writes the cases at test time (its docstring documents the file);
 // this binary registers one GoogleTest test per case, in suites TorchRefBatchNorm,
 // TorchRefGroupNorm, TorchRefLayerNorm, TorchRefInstanceNorm and TorchRefErrors, plus
-// TorchRefFile.HasEnoughCases, which fails on a missing, truncated or too small file.
+// TorchRefFile.HasEnoughCases, which fails on a missing, truncated or too small file, and
+// TorchRefFile.ReaderNamesWhatIsWrong, the shared reader's error paths.
 //
 // The file is named by --cases=FILE, else $SYNCBN_TORCH_REF, else SYNCBN_TORCH_REF_DEFAULT (the
 // build directory), and read when the binary starts, never when it is built.
@@ -32,147 +33,31 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "../common/test_util.h"
+#include "../common/torch_reference.h"
+#include "ckpt/safetensors.h"
 #include "core/error.h"
 #include "norm/norm.h"
 #include "tensor/tensor.h"
 
 #ifndef SYNCBN_TORCH_REF_DEFAULT
-#define SYNCBN_TORCH_REF_DEFAULT "torch_ref_cases.bin"
+#define SYNCBN_TORCH_REF_DEFAULT "torch_ref_cases.safetensors"
 #endif
 
 namespace syncbn::norm {
 namespace {
 
-// ---------------------------------------------------------------------------------------------
-// The case file.
-
-struct RefArray {
-  std::vector<int64_t> dims;
-  std::vector<double> values;  // float32 inputs are stored exactly as doubles
-};
-
-struct RefCase {
-  std::string id;
-  std::map<std::string, std::string> attrs;
-  std::map<std::string, RefArray> arrays;
-
-  bool has(const std::string& key) const { return attrs.count(key) > 0; }
-  const std::string& attr(const std::string& key) const {
-    auto it = attrs.find(key);
-    SYNCBN_REQUIRE(it != attrs.end(), "case ", id, " has no attribute '", key, "'");
-    return it->second;
-  }
-  int64_t attr_int(const std::string& key) const { return std::stoll(attr(key)); }
-  double attr_double(const std::string& key) const { return std::stod(attr(key)); }
-  std::vector<int64_t> attr_dims(const std::string& key) const {
-    std::vector<int64_t> dims;
-    std::stringstream in(attr(key));
-    for (std::string item; std::getline(in, item, ',');) dims.push_back(std::stoll(item));
-    return dims;
-  }
-  const RefArray& array(const std::string& name) const {
-    auto it = arrays.find(name);
-    SYNCBN_REQUIRE(it != arrays.end(), "case ", id, " has no array '", name, "'");
-    return it->second;
-  }
-};
-
-class CaseReader {
- public:
-  explicit CaseReader(const std::string& path) : path_(path), in_(path, std::ios::binary) {
-    SYNCBN_REQUIRE(in_.good(), "cannot open PyTorch reference file ", path,
-                   " (written by tests/torch_ref/make_reference.py)");
-  }
-
-  std::vector<RefCase> read_all() {
-    expect_magic("SBNTREF1");
-    const uint32_t count = read_u32();
-    std::vector<RefCase> cases(count);
-    for (RefCase& c : cases) {
-      c.id = read_str();
-      for (uint32_t i = 0, n = read_u32(); i < n; ++i) {
-        std::string key = read_str();
-        c.attrs[key] = read_str();
-      }
-      for (uint32_t i = 0, n = read_u32(); i < n; ++i) {
-        std::string name = read_str();
-        c.arrays[name] = read_array(c.id, name);
-      }
-    }
-    expect_magic("SBNTEND!");
-    return cases;
-  }
-
- private:
-  void read_bytes(void* out, size_t size) {
-    in_.read(static_cast<char*>(out), static_cast<std::streamsize>(size));
-    SYNCBN_REQUIRE(in_.gcount() == static_cast<std::streamsize>(size), path_,
-                   ": truncated at byte ", offset_, "; expected ", size, " more bytes");
-    offset_ += size;
-  }
-  // The file is little-endian, like every machine this project builds for.
-  template <typename T>
-  T read_scalar() {
-    static_assert(std::endian::native == std::endian::little);
-    T value;
-    read_bytes(&value, sizeof(value));
-    return value;
-  }
-  uint32_t read_u32() { return read_scalar<uint32_t>(); }
-  std::string read_str() {
-    const uint32_t size = read_u32();
-    SYNCBN_REQUIRE(size < (1u << 20), path_, ": string of ", size, " bytes at byte ", offset_);
-    std::string s(size, '\0');
-    read_bytes(s.data(), size);
-    return s;
-  }
-  void expect_magic(const char* magic) {
-    char got[8];
-    read_bytes(got, 8);
-    SYNCBN_REQUIRE(std::memcmp(got, magic, 8) == 0, path_, ": expected marker '", magic,
-                   "' at byte ", offset_ - 8);
-  }
-  RefArray read_array(const std::string& id, const std::string& name) {
-    const auto dtype = read_scalar<uint8_t>();
-    const auto ndim = read_scalar<uint8_t>();
-    SYNCBN_REQUIRE((dtype == 1 || dtype == 2) && ndim <= 8, path_, ": case ", id, " array ", name,
-                   ": bad dtype ", int{dtype}, " or ndim ", int{ndim});
-    RefArray a;
-    int64_t numel = 1;
-    for (int d = 0; d < ndim; ++d) {
-      a.dims.push_back(read_scalar<int64_t>());
-      SYNCBN_REQUIRE(a.dims.back() >= 0 && a.dims.back() < (int64_t{1} << 28), path_, ": case ", id,
-                     " array ", name, ": bad dimension ", a.dims.back());
-      numel *= a.dims.back();
-    }
-    a.values.resize(static_cast<size_t>(numel));
-    if (dtype == 2) {
-      read_bytes(a.values.data(), a.values.size() * sizeof(double));
-    } else {
-      std::vector<float> f(a.values.size());
-      read_bytes(f.data(), f.size() * sizeof(float));
-      std::copy(f.begin(), f.end(), a.values.begin());
-    }
-    return a;
-  }
-
-  std::string path_;
-  std::ifstream in_;
-  size_t offset_ = 0;
-};
+using testing::RefArray;
+using testing::RefCase;
 
 // ---------------------------------------------------------------------------------------------
 // Comparison.
@@ -455,6 +340,26 @@ class FileTest : public ::testing::Test {
   }
 };
 
+// The shared reader (tests/common/torch_reference.h) says what is wrong with a file.
+TEST(TorchRefFile, ReaderNamesWhatIsWrong) {
+  using syncbn::testing::expect_error;
+  using syncbn::testing::read_reference_cases;
+  const syncbn::testing::ScratchDir dir;
+  expect_error([&] { read_reference_cases(dir.file("none"), "make_reference.py"); },
+               {"cannot open PyTorch reference file", "make_reference.py"});
+  const std::string path = dir.file("cases.safetensors");
+  const std::vector<float> one = {1.0f};
+  ckpt::write_safetensors(path, {ckpt::f32_entry("a/x", {1}, one)});
+  expect_error([&] { read_reference_cases(path, "p"); }, "no \"cases\" in the metadata");
+  ckpt::write_safetensors(path, {ckpt::f32_entry("b/x", {1}, one)}, {{"cases", "a"}});
+  expect_error([&] { read_reference_cases(path, "p"); }, "'b/x' belongs to no case");
+  ckpt::write_safetensors(path, {ckpt::f32_entry("a/x", {1}, one)}, {{"cases", "a"}, {"a/k", "v"}});
+  const std::vector<RefCase> cases = read_reference_cases(path, "p");
+  ASSERT_EQ(cases.size(), 1u);
+  EXPECT_EQ(cases[0].attr("k"), "v");
+  EXPECT_EQ(cases[0].array("x").values, std::vector<double>{1.0});
+}
+
 class PrintMaxErrors : public ::testing::Environment {
  public:
   void TearDown() override {
@@ -487,7 +392,7 @@ int main(int argc, char** argv) {
   LoadedCases& l = loaded();
   l.path = cases_path(argc, argv);
   try {
-    l.cases = CaseReader(l.path).read_all();
+    l.cases = syncbn::testing::read_reference_cases(l.path, "tests/torch_ref/make_reference.py");
   } catch (const std::exception& e) {
     l.error = e.what();
   }
