@@ -19,20 +19,22 @@ Run with Debian's interpreter (torch 1.13, no torchvision):
 Rank 0 prints one machine-readable line on stdout (everything else goes to stderr):
 
     RESULT per_rank_batch=4 world_size=2 steps=100 seconds=... images_per_s=... \\
-        syncbn_allreduce_frac=... params=...
+        syncbn_allreduce_frac=... params=... peak_rss_mib=...
 
 images_per_s is global (world_size * per_rank_batch * steps / seconds), timed on rank 0 from a
 barrier after the warm-up steps to the end of the last step's optimizer update.
 syncbn_allreduce_frac is the part of that time rank 0 spent inside the SyncBN all_reduce calls
 (forward and backward; it includes waiting for the other rank). --compare-safetensors FILE
 checks that the model has exactly the parameter and buffer names and shapes of a safetensors
-file exported by `syncbn train --export-weights FILE`.
+file exported by `syncbn train --export-weights FILE`. peak_rss_mib is the peak resident memory
+of the largest rank (bench/memory.sh).
 """
 
 import argparse
 import gzip
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -217,7 +219,9 @@ def worker(rank, args, program):
         loss = train_step(step)
     seconds = time.perf_counter() - t0
     allreduce_seconds = _Timer.seconds
-    dist.barrier()
+    # Peak resident memory of the largest rank (ru_maxrss is in KiB on Linux).
+    peak_rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64)
+    dist.all_reduce(peak_rss, op=dist.ReduceOp.MAX)
 
     if rank == 0:
         params = count_parameters(model)
@@ -225,7 +229,8 @@ def worker(rank, args, program):
         log(rank, f"last loss {loss.item():.4f}, {args.steps} steps in {seconds:.3f} s")
         print(f"RESULT per_rank_batch={b} world_size={args.world_size} steps={args.steps} "
               f"seconds={seconds:.4f} images_per_s={images_per_s:.1f} "
-              f"syncbn_allreduce_frac={allreduce_seconds / seconds:.4f} params={params}",
+              f"syncbn_allreduce_frac={allreduce_seconds / seconds:.4f} params={params} "
+              f"peak_rss_mib={peak_rss.item() / 1024:.0f}",
               flush=True)
     dist.destroy_process_group()
 
