@@ -86,7 +86,8 @@ Tensor SyncBatchNorm::forward(const Tensor& x, bool training) {
     return norm::batch_norm_forward(x, state(), bn_options, /*training=*/false, &saved_);
   }
 
-  // The pipeline of norm.h; its one collective carries the count slot (nn/count_slot.h).
+  // The pipeline of norm/bn_pipeline.h; its one collective carries the count slot
+  // (nn/count_slot.h).
   const slot::Layout layout = slot::layout(group_->size());
   SYNCBN_REQUIRE(slot::count_fits(g.count(), group_->size()), "SyncBatchNorm '", name_,
                  "': ", g.count(), " values per channel on one rank is too many");

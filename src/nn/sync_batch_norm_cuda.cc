@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "nn/count_slot.h"
 #include "nn/sync_batch_norm_cuda_kernels.h"
+#include "norm/bn_pipeline.h"
 #include "norm/cuda/kernels_cuda.h"
 
 namespace syncbn::nn {
@@ -24,6 +25,45 @@ cudaStream_t to_cuda(CUstream_st* stream) { return reinterpret_cast<cudaStream_t
 void drop_completed(std::vector<comm::Request>& pending) {
   std::erase_if(pending, [](comm::Request& request) { return request.test(); });
 }
+
+// The stages of norm/cuda/kernels_cuda.h (float32 activations, float64 sums) and the layer's
+// per-channel kernels on the layer's stream, for norm/bn_pipeline.h.
+struct DeviceStages {
+  using Count = const double*;
+  CUstream_st* stream;
+  template <class... A>
+  void stats(A... a) const {
+    norm::cuda::bn_stats<float, double>(a..., stream);
+  }
+  template <class... A>
+  void gather_stats(A... a) const {
+    norm::cuda::bn_gather_stats(a..., stream);
+  }
+  template <class... A>
+  void update_running(A... a) const {
+    norm::cuda::bn_update_running(a..., stream);
+  }
+  template <class... A>
+  void save_stats(A... a) const {
+    kernels::save_stats(a..., stream);
+  }
+  template <class... A>
+  void elemt(A... a) const {
+    norm::cuda::bn_elemt<float>(a..., stream);
+  }
+  template <class... A>
+  void backward_reduce(A... a) const {
+    norm::cuda::bn_backward_reduce<float, double>(a..., stream);
+  }
+  template <class... A>
+  void accumulate_affine_grads(A... a) const {
+    kernels::accumulate_affine_grads(a..., stream);
+  }
+  template <class... A>
+  void backward_elemt(A... a) const {
+    norm::cuda::bn_backward_elemt<float>(a..., stream);
+  }
+};
 
 }  // namespace
 
@@ -84,67 +124,53 @@ void SyncBatchNormCuda::forward(const float* x, const norm::BnGeometry& g, bool 
   saved_g_ = g;
   saved_batch_stats_ = batch_stats;
   have_saved_ = true;
+  const norm::BnBuffers b{weight_,     bias_,         nullptr, nullptr,
+                          saved_mean_, saved_invstd_, mean_,   var_};
   if (!batch_stats) {  // Running statistics: a purely local pass, no collective.
-    kernels::save_running_stats(C, running_mean_, running_var_, options_.eps, saved_mean_,
-                                saved_invstd_, stream_);
-    norm::cuda::bn_elemt(x, g, saved_mean_, saved_invstd_, weight_, bias_, y, stream_);
+    norm::pipeline::forward_running_stats(DeviceStages{stream_}, x, g, options_.eps, running_mean_,
+                                          running_var_, b, y);
     return;
   }
 
-  // Stage 1 and the one collective: [slot, Σx (C), Σx² (C)] in float64.
+  // The pipeline of norm/bn_pipeline.h; its one collective carries the count slot
+  // (nn/count_slot.h), decoded and checked on the device.
   const slot::Layout layout = slot::layout(group_->size());
   SYNCBN_REQUIRE(slot::count_fits(g.count(), group_->size()), "SyncBatchNorm '", name_,
                  "': ", g.count(), " values per channel on one rank is too many");
-  kernels::set_scalar(forward_payload_,
-                      slot::encode(g.count(), slot::layer_tag(name_, calls_, C), layout), stream_);
-  norm::cuda::bn_stats<float, double>(x, g, forward_payload_ + 1, forward_payload_ + 1 + C,
-                                      stream_);
-  drop_completed(pending_);
-  pending_.push_back(group_->allreduce_sum_async(forward_payload_, forward_payload_, 2 * C + 1));
-  ++counters_.forward_collectives;
-  counters_.forward_bytes += static_cast<int64_t>((2 * C + 1) * sizeof(double));
-  ++calls_;
-  kernels::decode_slot(forward_payload_, layout, group_->size(), count_, status_device_, stream_);
-
-  // Stage 2 and 3: global statistics, running update (identical on every rank), normalize.
-  norm::cuda::bn_gather_stats(C, count_, forward_payload_ + 1, forward_payload_ + 1 + C, mean_,
-                              var_, stream_);
+  const auto reduce = [&](double* payload, int64_t size) -> const double* {
+    kernels::set_scalar(payload, slot::encode(g.count(), slot::layer_tag(name_, calls_, C), layout),
+                        stream_);
+    allreduce_async(payload, size, counters_.forward_collectives, counters_.forward_bytes);
+    ++calls_;
+    kernels::decode_slot(payload, layout, group_->size(), count_, status_device_, stream_);
+    return count_;
+  };
+  norm::BnRunning running;
   if (training && options_.track_running_stats) {
-    ++num_batches_tracked_;
-    const double factor =
-        options_.momentum ? *options_.momentum : 1.0 / static_cast<double>(num_batches_tracked_);
-    norm::cuda::bn_update_running(C, count_, factor, mean_, var_, running_mean_, running_var_,
-                                  stream_);
+    running = {running_mean_, running_var_, options_.momentum, &num_batches_tracked_};
   }
-  kernels::save_batch_stats(C, mean_, var_, options_.eps, saved_mean_, saved_invstd_, stream_);
-  norm::cuda::bn_elemt(x, g, saved_mean_, saved_invstd_, weight_, bias_, y, stream_);
+  norm::pipeline::forward_batch_stats(DeviceStages{stream_}, x, g, options_.eps, running, b, reduce,
+                                      forward_payload_, y);
 }
 
 void SyncBatchNormCuda::backward(const float* dy, float* dx) {
   SYNCBN_REQUIRE(have_saved_, "SyncBatchNorm '", name_, "': backward called before forward");
-  const int64_t C = options_.num_features;
-  const norm::BnGeometry& g = saved_g_;
+  const norm::BnBuffers b{weight_, bias_, grad_weight_, grad_bias_, saved_mean_, saved_invstd_};
+  norm::pipeline::backward(
+      DeviceStages{stream_}, dy, saved_x_, saved_g_, saved_batch_stats_, count_, b,
+      [&](double* payload, int64_t size) {
+        allreduce_async(payload, size, counters_.backward_collectives, counters_.backward_bytes);
+        return count_;
+      },
+      backward_payload_, dx);
+}
 
-  // Stage 4 (local): [sum_dy (C), sum_dy_xmu (C)]; dγ, dβ from the local part.
-  norm::cuda::bn_backward_reduce<float, double>(dy, saved_x_, g, saved_mean_, backward_payload_,
-                                                backward_payload_ + C, stream_);
-  if (options_.affine) {
-    kernels::accumulate_affine_grads(C, backward_payload_, backward_payload_ + C, saved_invstd_,
-                                     grad_weight_, grad_bias_, stream_);
-  }
-  if (!saved_batch_stats_) {  // Eval: statistics are constants, nothing to exchange.
-    norm::cuda::bn_backward_elemt<float>(dy, saved_x_, g, saved_mean_, saved_invstd_, weight_,
-                                         nullptr, nullptr, nullptr, dx, stream_);
-    return;
-  }
+void SyncBatchNormCuda::allreduce_async(double* payload, int64_t size, int64_t& collectives,
+                                        int64_t& bytes) {
   drop_completed(pending_);
-  pending_.push_back(group_->allreduce_sum_async(backward_payload_, backward_payload_, 2 * C));
-  ++counters_.backward_collectives;
-  counters_.backward_bytes += static_cast<int64_t>(2 * C * sizeof(double));
-
-  // Stage 5: dx with the group-wide sums and count.
-  norm::cuda::bn_backward_elemt(dy, saved_x_, g, saved_mean_, saved_invstd_, weight_,
-                                backward_payload_, backward_payload_ + C, count_, dx, stream_);
+  pending_.push_back(group_->allreduce_sum_async(payload, payload, size));
+  ++collectives;
+  bytes += size * static_cast<int64_t>(sizeof(double));
 }
 
 void SyncBatchNormCuda::finish() {

@@ -1,6 +1,6 @@
 // SyncBatchNormCuda: the SyncBatchNorm of nn/sync_batch_norm.h on device buffers, through a
-// Communicator whose buffers are CUDA device memory (the nccl backend). Same math, same stage
-// pipeline, same one collective per pass, same identity tag in the count slot:
+// Communicator whose buffers are CUDA device memory (the nccl backend). Same math, the same stage
+// pipeline (norm/bn_pipeline.h), one collective per pass, the same identity tag in the count slot:
 //
 //   forward   bn_stats → allreduce [slot, Σx (C), Σx² (C)] (float64, 8·(2C+1) bytes)
 //             → decode the slot (count, tag check) → bn_gather_stats → running update → bn_elemt
@@ -64,6 +64,9 @@ class SyncBatchNormCuda {
   const std::string& name() const { return name_; }
 
  private:
+  // Enqueues an in-place allreduce of payload on the stream and counts it.
+  void allreduce_async(double* payload, int64_t size, int64_t& collectives, int64_t& bytes);
+
   SyncBatchNormOptions options_;
   comm::Communicator* group_;
   std::string name_;

@@ -20,21 +20,13 @@ __global__ void decode_slot_kernel(const double* slot_value, slot::Layout layout
   *count = reduced.count > 1 ? static_cast<double>(reduced.count) : 2.0;
 }
 
-__global__ void save_batch_stats_kernel(int64_t C, const double* mean, const double* var,
-                                        double eps, float* saved_mean, float* saved_invstd) {
+template <typename T>  // double: batch statistics; float: running statistics
+__global__ void save_stats_kernel(int64_t C, const T* mean, const T* var, double eps,
+                                  float* saved_mean, float* saved_invstd) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   saved_mean[c] = static_cast<float>(mean[c]);
   saved_invstd[c] = norm::math::bn_invstd(var[c], eps);
-}
-
-__global__ void save_running_stats_kernel(int64_t C, const float* running_mean,
-                                          const float* running_var, double eps, float* saved_mean,
-                                          float* saved_invstd) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  saved_mean[c] = running_mean[c];
-  saved_invstd[c] = norm::math::bn_invstd(running_var[c], eps);
 }
 
 __global__ void accumulate_affine_grads_kernel(int64_t C, const double* sum_dy,
@@ -63,16 +55,16 @@ void decode_slot(const double* slot_value, const slot::Layout& layout, int group
          count, status);
 }
 
-void save_batch_stats(int64_t channels, const double* mean, const double* var, double eps,
-                      float* saved_mean, float* saved_invstd, CUstream_st* stream) {
-  launch(save_batch_stats_kernel, dim3(blocks_for(channels)), dim3(256), 0, to_cuda(stream),
+void save_stats(int64_t channels, const double* mean, const double* var, double eps,
+                float* saved_mean, float* saved_invstd, CUstream_st* stream) {
+  launch(save_stats_kernel<double>, dim3(blocks_for(channels)), dim3(256), 0, to_cuda(stream),
          channels, mean, var, eps, saved_mean, saved_invstd);
 }
 
-void save_running_stats(int64_t channels, const float* running_mean, const float* running_var,
-                        double eps, float* saved_mean, float* saved_invstd, CUstream_st* stream) {
-  launch(save_running_stats_kernel, dim3(blocks_for(channels)), dim3(256), 0, to_cuda(stream),
-         channels, running_mean, running_var, eps, saved_mean, saved_invstd);
+void save_stats(int64_t channels, const float* mean, const float* var, double eps,
+                float* saved_mean, float* saved_invstd, CUstream_st* stream) {
+  launch(save_stats_kernel<float>, dim3(blocks_for(channels)), dim3(256), 0, to_cuda(stream),
+         channels, mean, var, eps, saved_mean, saved_invstd);
 }
 
 void accumulate_affine_grads(int64_t channels, const double* sum_dy, const double* sum_dy_xmu,

@@ -20,12 +20,12 @@ void set_scalar(double* p, double value, CUstream_st* stream);
 // nor group_size and kTooFewValues when n <= 1 (then *count = 2 keeps the step finite).
 void decode_slot(const double* slot_value, const slot::Layout& layout, int group_size,
                  double* count, unsigned* status, CUstream_st* stream);
-// saved_mean = mean, saved_invstd = 1/sqrt(var + eps), float64 → float32.
-void save_batch_stats(int64_t channels, const double* mean, const double* var, double eps,
-                      float* saved_mean, float* saved_invstd, CUstream_st* stream);
-// The same from the running statistics (eval).
-void save_running_stats(int64_t channels, const float* running_mean, const float* running_var,
-                        double eps, float* saved_mean, float* saved_invstd, CUstream_st* stream);
+// saved_mean = mean, saved_invstd = 1/sqrt(var + eps) in float32, from the float64 batch
+// statistics or the float32 running statistics (eval).
+void save_stats(int64_t channels, const double* mean, const double* var, double eps,
+                float* saved_mean, float* saved_invstd, CUstream_st* stream);
+void save_stats(int64_t channels, const float* mean, const float* var, double eps,
+                float* saved_mean, float* saved_invstd, CUstream_st* stream);
 // grad_weight += invstd·sum_dy_xmu, grad_bias += sum_dy (local sums).
 void accumulate_affine_grads(int64_t channels, const double* sum_dy, const double* sum_dy_xmu,
                              const float* invstd, float* grad_weight, float* grad_bias,

@@ -64,36 +64,65 @@ void check_running(const BatchNormState& state, int64_t channels, const char* op
   check_vector(state.running_var, channels, op, "running_var", x, /*non_negative=*/true);
 }
 
+// The stages of norm/kernels.h for norm/bn_pipeline.h, and the two per-channel steps it names
+// that are loops here and kernels on CUDA.
+struct HostStages {
+  using Count = int64_t;
+  template <class... A>
+  void stats(A... a) const {
+    bn_stats(a...);
+  }
+  template <class... A>
+  void gather_stats(A... a) const {
+    bn_gather_stats(a...);
+  }
+  template <class... A>
+  void update_running(A... a) const {
+    bn_update_running(a...);
+  }
+  template <class... A>
+  void elemt(A... a) const {
+    bn_elemt(a...);
+  }
+  template <class... A>
+  void backward_reduce(A... a) const {
+    bn_backward_reduce(a...);
+  }
+  template <class... A>
+  void backward_elemt(A... a) const {
+    bn_backward_elemt(a...);
+  }
+  template <typename T>  // double: batch statistics; float: running statistics
+  void save_stats(int64_t C, const T* mean, const T* var, double eps, float* saved_mean,
+                  float* saved_invstd) const {
+    for (int64_t c = 0; c < C; ++c) {
+      saved_mean[c] = static_cast<float>(mean[c]);
+      saved_invstd[c] = math::bn_invstd(var[c], eps);
+    }
+  }
+  void accumulate_affine_grads(int64_t C, const double* sum_dy, const double* sum_dy_xmu,
+                               const float* invstd, float* grad_weight, float* grad_bias) const {
+    for (int64_t c = 0; c < C; ++c) {
+      grad_weight[c] += static_cast<float>(sum_dy_xmu[c] * invstd[c]);
+      grad_bias[c] += static_cast<float>(sum_dy[c]);
+    }
+  }
+};
+
 }  // namespace
 
 void bn_forward_batch_stats(const float* x, const BnGeometry& g, double eps,
                             const BnRunning& running, const float* weight, const float* bias,
                             const BnReduce& reduce, NormSaved* saved, float* y) {
-  const int64_t C = g.c;
-  std::vector<double> payload(2 * C + 1);  // [count slot, Σx (C), Σx² (C)]
-  double* sum = payload.data() + 1;
-  double* sumsq = sum + C;
-  bn_stats(x, g, sum, sumsq);
-  const int64_t count = reduce(payload.data(), static_cast<int64_t>(payload.size()));
-  std::vector<double> mean(C), var(C);
-  bn_gather_stats(C, count, sum, sumsq, mean.data(), var.data());
-  if (running.mean != nullptr) {
-    if (running.num_batches_tracked != nullptr) ++*running.num_batches_tracked;
-    SYNCBN_CHECK(running.momentum || running.num_batches_tracked != nullptr);
-    const double factor = running.momentum
-                              ? *running.momentum
-                              : 1.0 / static_cast<double>(*running.num_batches_tracked);
-    bn_update_running(C, count, factor, mean.data(), var.data(), running.mean, running.var);
-  }
-  saved->count = count;
+  std::vector<double> payload(2 * g.c + 1), mean(g.c), var(g.c);
+  saved->mean.resize(g.c);
+  saved->invstd.resize(g.c);
+  const BnBuffers b{
+      weight,      bias,      nullptr, nullptr, saved->mean.data(), saved->invstd.data(),
+      mean.data(), var.data()};
+  saved->count =
+      pipeline::forward_batch_stats(HostStages{}, x, g, eps, running, b, reduce, payload.data(), y);
   saved->batch_stats = true;
-  saved->mean.resize(C);
-  saved->invstd.resize(C);
-  for (int64_t c = 0; c < C; ++c) {
-    saved->mean[c] = static_cast<float>(mean[c]);
-    saved->invstd[c] = math::bn_invstd(var[c], eps);
-  }
-  bn_elemt(x, g, saved->mean.data(), saved->invstd.data(), weight, bias, y);
 }
 
 void bn_forward_running_stats(const float* x, const BnGeometry& g, double eps,
@@ -101,34 +130,25 @@ void bn_forward_running_stats(const float* x, const BnGeometry& g, double eps,
                               const float* weight, const float* bias, NormSaved* saved, float* y) {
   saved->count = g.count();
   saved->batch_stats = false;
-  saved->mean.assign(running_mean, running_mean + g.c);
+  saved->mean.resize(g.c);
   saved->invstd.resize(g.c);
-  for (int64_t c = 0; c < g.c; ++c) saved->invstd[c] = math::bn_invstd(running_var[c], eps);
-  bn_elemt(x, g, saved->mean.data(), saved->invstd.data(), weight, bias, y);
+  const BnBuffers b{weight, bias, nullptr, nullptr, saved->mean.data(), saved->invstd.data()};
+  pipeline::forward_running_stats(HostStages{}, x, g, eps, running_mean, running_var, b, y);
 }
 
 void bn_backward(const float* dy, const float* x, const BnGeometry& g, const NormSaved& saved,
                  const float* weight, const BnReduce& reduce, float* grad_weight, float* grad_bias,
                  float* dx) {
-  const int64_t C = g.c;
-  std::vector<double> payload(2 * C);  // [Σdy (C), Σdy·(x − mean) (C)]
-  double* sum_dy = payload.data();
-  double* sum_dy_xmu = sum_dy + C;
-  bn_backward_reduce(dy, x, g, saved.mean.data(), sum_dy, sum_dy_xmu);
-  if (grad_weight != nullptr) {
-    for (int64_t c = 0; c < C; ++c) {
-      grad_weight[c] += static_cast<float>(sum_dy_xmu[c] * saved.invstd[c]);
-      grad_bias[c] += static_cast<float>(sum_dy[c]);
-    }
-  }
-  if (!saved.batch_stats) {  // Eval: the statistics are constants, nothing to exchange.
-    bn_backward_elemt(dy, x, g, saved.mean.data(), saved.invstd.data(), weight, nullptr, nullptr,
-                      saved.count, dx);
-    return;
-  }
-  reduce(payload.data(), static_cast<int64_t>(payload.size()));
-  bn_backward_elemt(dy, x, g, saved.mean.data(), saved.invstd.data(), weight, sum_dy, sum_dy_xmu,
-                    saved.count, dx);
+  std::vector<double> payload(2 * g.c);
+  // The backward only reads the saved statistics.
+  const BnBuffers b{weight,
+                    nullptr,
+                    grad_weight,
+                    grad_bias,
+                    const_cast<float*>(saved.mean.data()),
+                    const_cast<float*>(saved.invstd.data())};
+  pipeline::backward(HostStages{}, dy, x, g, saved.batch_stats, saved.count, b, reduce,
+                     payload.data(), dx);
 }
 
 BnGeometry bn_geometry(const Tensor& x, const char* op) {

@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "norm/bn_pipeline.h"
 #include "norm/kernels.h"
 #include "tensor/tensor.h"
 
@@ -48,29 +49,9 @@ struct NormGrads {
 // `op` names the caller in messages.
 BnGeometry bn_geometry(const Tensor& x, const char* op);
 
-// The BN pipeline (STYLE.md rule 1) on raw buffers, once for plain BN (batch_norm_forward,
-// batch_norm_backward) and SyncBN (nn/sync_batch_norm.cc): the stages of kernels.h with one
-// reduction between the local and the global ones. Plain BN is SyncBN over a world of one.
-//
-//   forward:   bn_stats → reduce [count slot, Σx (C), Σx² (C)] → bn_gather_stats →
-//              bn_update_running → saved mean and invstd (math::bn_invstd) → bn_elemt
-//   backward:  bn_backward_reduce → dγ, dβ += local sums → reduce [Σdy (C), Σdy·(x − mean) (C)]
-//              → bn_backward_elemt
-//
-// reduce(payload, size) sums the float64 payload over the BN group in place and returns the
-// group-wide count per channel; in the forward payload[0] is its own slot (SyncBN's count and
-// layer tag), in the backward the result is unused. Plain BN's reduce returns the local count.
+// The BN pipeline of norm/bn_pipeline.h on the host, for plain BN (batch_norm_forward,
+// batch_norm_backward) and SyncBN (nn/sync_batch_norm.cc), whose reduce is a collective.
 using BnReduce = std::function<int64_t(double* payload, int64_t size)>;
-
-// The running statistics to update in a training forward; mean == nullptr: none. The factor is
-// momentum, or 1/num_batches_tracked for momentum=None (cumulative average);
-// *num_batches_tracked is incremented when given, as PyTorch does whenever it tracks.
-struct BnRunning {
-  float* mean = nullptr;  // (C)
-  float* var = nullptr;   // (C), unbiased
-  std::optional<double> momentum;
-  int64_t* num_batches_tracked = nullptr;  // may be null only with a momentum
-};
 
 // Forward with batch statistics: fills saved (mean, invstd, count, batch_stats) and y.
 void bn_forward_batch_stats(const float* x, const BnGeometry& g, double eps,
