@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/duration.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/unique_fd.h"
@@ -123,17 +124,6 @@ std::string tail_lines(const std::string& text, int lines) {
     pos = nl;
   }
   return text.substr(pos == 0 ? 0 : pos + 1);
-}
-
-std::string format_duration(double seconds) {
-  const auto s = static_cast<long long>(seconds + 0.5);
-  char text[32];
-  if (s >= 3600) {
-    std::snprintf(text, sizeof(text), "%lldh%02lldm", s / 3600, s / 60 % 60);
-  } else {
-    std::snprintf(text, sizeof(text), "%lldm%02llds", s / 60, s % 60);
-  }
-  return text;
 }
 
 std::string describe_lr(const StudyConfig& study) {

@@ -15,6 +15,7 @@
 #include "comm/mpi_environment.h"
 #include "coordinator/background_client.h"
 #include "coordinator/spill_dir.h"
+#include "core/duration.h"
 #include "core/error.h"
 #include "core/escape.h"
 #include "data/dataset.h"
@@ -71,19 +72,6 @@ void broadcast_buffers(Sequential& model, comm::Communicator& world) {
     if (b.f32) world.broadcast(b.f32->data(), b.f32->numel(), 0);
     if (b.i64) world.broadcast(b.i64, 1, 0);
   }
-}
-
-std::string format_duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  char text[32];
-  if (s >= 3600) {
-    std::snprintf(text, sizeof(text), "%lldh%02lldm", static_cast<long long>(s / 3600),
-                  static_cast<long long>(s / 60 % 60));
-  } else {
-    std::snprintf(text, sizeof(text), "%lldm%02llds", static_cast<long long>(s / 60),
-                  static_cast<long long>(s % 60));
-  }
-  return text;
 }
 
 // Rank 0's output: JSON lines to the metrics file, and progress for people.
