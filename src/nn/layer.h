@@ -40,7 +40,7 @@ class Layer {
   // Throws syncbn::Error for an input of the wrong shape, naming the layer and what it expected.
   virtual Tensor forward(const Tensor& x, bool training) = 0;
   virtual Tensor backward(const Tensor& dy) = 0;
-  // In PyTorch's registration order (weight before bias).
+  // Appended to out, in PyTorch's registration order (weight before bias).
   virtual void collect_parameters(std::vector<ParamRef>& /*out*/) {}
   virtual void collect_buffers(std::vector<BufferRef>& /*out*/) {}
 };

@@ -19,26 +19,23 @@ Layer* Container::child(const std::string& name) const {
   return nullptr;
 }
 
-void Container::collect_parameters(std::vector<ParamRef>& out) {
-  for (Child& c : children_) {
-    std::vector<ParamRef> mine;
-    c.layer->collect_parameters(mine);
-    for (ParamRef& p : mine) {
-      p.name = c.name + "." + p.name;
-      out.push_back(p);
-    }
+// What the children's collect() appends to out, each name prefixed with the child's and a dot.
+template <typename Ref>
+static void collect_prefixed(const std::vector<Container::Child>& children,
+                             void (Layer::*collect)(std::vector<Ref>&), std::vector<Ref>& out) {
+  for (const Container::Child& c : children) {
+    const size_t first = out.size();
+    ((*c.layer).*collect)(out);
+    for (size_t i = first; i < out.size(); ++i) out[i].name = c.name + "." + out[i].name;
   }
 }
 
+void Container::collect_parameters(std::vector<ParamRef>& out) {
+  collect_prefixed(children_, &Layer::collect_parameters, out);
+}
+
 void Container::collect_buffers(std::vector<BufferRef>& out) {
-  for (Child& c : children_) {
-    std::vector<BufferRef> mine;
-    c.layer->collect_buffers(mine);
-    for (BufferRef& b : mine) {
-      b.name = c.name + "." + b.name;
-      out.push_back(b);
-    }
-  }
+  collect_prefixed(children_, &Layer::collect_buffers, out);
 }
 
 void Container::set_backward_hook(const BackwardHook* hook) {
