@@ -183,18 +183,11 @@ class Identity : public Layer {
 // ---------------------------------------------------------------------------------------------
 // Normalization (the math lives in norm/; DESIGN.md §1).
 
-// torch.nn.BatchNorm2d: x (N, C, H, W). momentum nullopt = cumulative average (None).
-// Parameters weight, bias (affine); buffers running_mean, running_var, num_batches_tracked
-// (track_running_stats). Statistics are local to this process; see SyncBatchNormLayer.
-// An empty batch returns an empty output and, training with running stats, still counts in
-// num_batches_tracked (PyTorch increments it before looking at the input).
-class BatchNorm2d : public Layer {
+// What torch.nn.BatchNorm2d and InstanceNorm2d share, as PyTorch's _NormBase: parameters weight,
+// bias (affine) and buffers running_mean, running_var, num_batches_tracked (track_running_stats)
+// under PyTorch's names, and the backward through a norm/norm.h adapter. x (N, C, H, W).
+class NormBase : public Layer {
  public:
-  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5,
-                       std::optional<double> momentum = 0.1, bool affine = true,
-                       bool track_running_stats = true);
-  std::string kind() const override { return "BatchNorm2d"; }
-  Tensor forward(const Tensor& x, bool training) override;
   Tensor backward(const Tensor& dy) override;
   void collect_parameters(std::vector<ParamRef>& out) override;
   void collect_buffers(std::vector<BufferRef>& out) override;
@@ -205,7 +198,13 @@ class BatchNorm2d : public Layer {
   Tensor& running_var() { return running_var_; }
   int64_t& num_batches_tracked() { return num_batches_tracked_; }
 
- private:
+ protected:
+  using BackwardAdapter = norm::NormGrads (*)(const Tensor& dy, const Tensor& x,
+                                              const norm::BatchNormState& state,
+                                              const norm::NormSaved& saved);
+  // kind: the class name for messages (kind() is not callable yet).
+  NormBase(const char* kind, int64_t num_features, const norm::BatchNormOptions& options,
+           bool affine, bool track_running_stats, BackwardAdapter adapter_backward);
   norm::BatchNormState state();
 
   int64_t num_features_;
@@ -213,9 +212,25 @@ class BatchNorm2d : public Layer {
   bool affine_, track_running_stats_;
   Tensor weight_, bias_, grad_weight_, grad_bias_, running_mean_, running_var_;
   int64_t num_batches_tracked_ = 0;
-  Tensor saved_x_;
+  Tensor saved_x_;  // the forward's input, kept for the backward
   norm::NormSaved saved_;
   bool have_saved_ = false;
+
+ private:
+  BackwardAdapter adapter_backward_;
+};
+
+// torch.nn.BatchNorm2d: momentum nullopt = cumulative average (None). Statistics are local to
+// this process; see SyncBatchNormLayer. An empty batch returns an empty output and, training
+// with running stats, still counts in num_batches_tracked (PyTorch increments it before looking
+// at the input).
+class BatchNorm2d : public NormBase {
+ public:
+  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5,
+                       std::optional<double> momentum = 0.1, bool affine = true,
+                       bool track_running_stats = true);
+  std::string kind() const override { return "BatchNorm2d"; }
+  Tensor forward(const Tensor& x, bool training) override;
 };
 
 // torch.nn.GroupNorm(num_groups, num_channels, eps, affine): x (N, C, *), C divisible by
@@ -241,37 +256,16 @@ class GroupNorm : public Layer {
   bool have_saved_ = false;
 };
 
-// torch.nn.InstanceNorm2d(num_features, eps, momentum, affine, track_running_stats): x (N, C, H,
-// W). affine has no default here: PyTorch's is false, and a model that wants the affine variant
-// must say so. Buffers as BatchNorm2d's when track_running_stats (num_batches_tracked is never
-// incremented, as in PyTorch). An empty batch leaves the running stats alone (PyTorch would
-// overwrite them with NaN, the mean of no instances).
-class InstanceNorm2d : public Layer {
+// torch.nn.InstanceNorm2d(num_features, eps, momentum, affine, track_running_stats). affine has
+// no default here: PyTorch's is false, and a model that wants the affine variant must say so.
+// num_batches_tracked is never incremented, as in PyTorch. An empty batch leaves the running
+// stats alone (PyTorch would overwrite them with NaN, the mean of no instances).
+class InstanceNorm2d : public NormBase {
  public:
   InstanceNorm2d(int64_t num_features, bool affine, bool track_running_stats = false,
                  double eps = 1e-5, double momentum = 0.1);
   std::string kind() const override { return "InstanceNorm2d"; }
   Tensor forward(const Tensor& x, bool training) override;
-  Tensor backward(const Tensor& dy) override;
-  void collect_parameters(std::vector<ParamRef>& out) override;
-  void collect_buffers(std::vector<BufferRef>& out) override;
-
-  Tensor& weight() { return weight_; }
-  Tensor& bias() { return bias_; }
-  Tensor& running_mean() { return running_mean_; }
-  Tensor& running_var() { return running_var_; }
-
- private:
-  norm::BatchNormState state();
-
-  int64_t num_features_;
-  norm::BatchNormOptions options_;
-  bool affine_, track_running_stats_;
-  Tensor weight_, bias_, grad_weight_, grad_bias_, running_mean_, running_var_;
-  int64_t num_batches_tracked_ = 0;
-  Tensor saved_x_;
-  norm::NormSaved saved_;
-  bool have_saved_ = false;
 };
 
 // torch.nn.SyncBatchNorm as a Layer: kind "SyncBatchNorm", the state-dict names of BatchNorm2d.

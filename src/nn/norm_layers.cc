@@ -1,7 +1,7 @@
-// BatchNorm2d, GroupNorm, InstanceNorm2d and SyncBatchNormLayer: thin Layers over norm/norm.h
-// and nn::SyncBatchNorm, which own the math (DESIGN.md §1). These keep the parameters and
-// buffers under PyTorch's names, check the input against the layer's configuration, handle the
-// empty batch, and add the adapters' dγ, dβ into the gradients.
+// BatchNorm2d and InstanceNorm2d (over NormBase), GroupNorm and SyncBatchNormLayer: thin Layers
+// over norm/norm.h and nn::SyncBatchNorm, which own the math (DESIGN.md §1). These keep the
+// parameters and buffers under PyTorch's names, check the input against the layer's configuration,
+// handle the empty batch, and add the adapters' dγ, dβ into the gradients.
 #include <cmath>
 
 #include "core/error.h"
@@ -46,15 +46,16 @@ Tensor grad_like(const Tensor& dy, const Tensor& x) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// BatchNorm2d
+// NormBase
 
-BatchNorm2d::BatchNorm2d(int64_t num_features, double eps, std::optional<double> momentum,
-                         bool affine, bool track_running_stats)
+NormBase::NormBase(const char* kind, int64_t num_features, const norm::BatchNormOptions& options,
+                   bool affine, bool track_running_stats, BackwardAdapter adapter_backward)
     : num_features_(num_features),
-      options_{eps, momentum},
+      options_(options),
       affine_(affine),
-      track_running_stats_(track_running_stats) {
-  check_options(kind(), num_features, eps, momentum);
+      track_running_stats_(track_running_stats),
+      adapter_backward_(adapter_backward) {
+  check_options(kind, num_features, options.eps, options.momentum);
   if (affine_) {
     weight_ = ones(num_features);
     bias_ = Tensor({num_features});
@@ -67,7 +68,7 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, double eps, std::optional<double>
   }
 }
 
-norm::BatchNormState BatchNorm2d::state() {
+norm::BatchNormState NormBase::state() {
   norm::BatchNormState s;
   if (affine_) s.weight = &weight_, s.bias = &bias_;
   if (track_running_stats_) {
@@ -78,18 +79,45 @@ norm::BatchNormState BatchNorm2d::state() {
   return s;
 }
 
-void BatchNorm2d::collect_parameters(std::vector<ParamRef>& out) {
+void NormBase::collect_parameters(std::vector<ParamRef>& out) {
   if (!affine_) return;
   out.push_back({"weight", &weight_, &grad_weight_});
   out.push_back({"bias", &bias_, &grad_bias_});
 }
 
-void BatchNorm2d::collect_buffers(std::vector<BufferRef>& out) {
+void NormBase::collect_buffers(std::vector<BufferRef>& out) {
   if (!track_running_stats_) return;
   out.push_back({"running_mean", &running_mean_, nullptr});
   out.push_back({"running_var", &running_var_, nullptr});
   out.push_back({"num_batches_tracked", nullptr, &num_batches_tracked_});
 }
+
+Tensor NormBase::backward(const Tensor& dy) {
+  detail::require_forward(have_saved_, kind());
+  detail::require_grad_shape(dy, saved_x_.shape(), kind());
+  Tensor dx;
+  if (saved_x_.numel() == 0) {
+    dx = Tensor::empty(saved_x_.shape(), saved_x_.format());
+  } else {
+    norm::NormGrads grads = adapter_backward_(grad_like(dy, saved_x_), saved_x_, state(), saved_);
+    if (affine_) {
+      accumulate(grad_weight_, grads.dweight);
+      accumulate(grad_bias_, grads.dbias);
+    }
+    dx = std::move(grads.dx);
+  }
+  saved_x_ = Tensor();
+  have_saved_ = false;
+  return dx;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm2d
+
+BatchNorm2d::BatchNorm2d(int64_t num_features, double eps, std::optional<double> momentum,
+                         bool affine, bool track_running_stats)
+    : NormBase("BatchNorm2d", num_features, {eps, momentum}, affine, track_running_stats,
+               norm::batch_norm_backward) {}
 
 Tensor BatchNorm2d::forward(const Tensor& x, bool training) {
   check_input(x, 4, num_features_, kind());
@@ -104,26 +132,6 @@ Tensor BatchNorm2d::forward(const Tensor& x, bool training) {
   saved_x_ = x;
   have_saved_ = true;
   return y;
-}
-
-Tensor BatchNorm2d::backward(const Tensor& dy) {
-  detail::require_forward(have_saved_, kind());
-  detail::require_grad_shape(dy, saved_x_.shape(), kind());
-  Tensor dx;
-  if (saved_x_.numel() == 0) {
-    dx = Tensor::empty(saved_x_.shape(), saved_x_.format());
-  } else {
-    norm::NormGrads grads =
-        norm::batch_norm_backward(grad_like(dy, saved_x_), saved_x_, state(), saved_);
-    if (affine_) {
-      accumulate(grad_weight_, grads.dweight);
-      accumulate(grad_bias_, grads.dbias);
-    }
-    dx = std::move(grads.dx);
-  }
-  saved_x_ = Tensor();
-  have_saved_ = false;
-  return dx;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -188,46 +196,8 @@ Tensor GroupNorm::backward(const Tensor& dy) {
 
 InstanceNorm2d::InstanceNorm2d(int64_t num_features, bool affine, bool track_running_stats,
                                double eps, double momentum)
-    : num_features_(num_features),
-      options_{eps, momentum},
-      affine_(affine),
-      track_running_stats_(track_running_stats) {
-  check_options(kind(), num_features, eps, momentum);
-  if (affine_) {
-    weight_ = ones(num_features);
-    bias_ = Tensor({num_features});
-    grad_weight_ = Tensor({num_features});
-    grad_bias_ = Tensor({num_features});
-  }
-  if (track_running_stats_) {
-    running_mean_ = Tensor({num_features});
-    running_var_ = ones(num_features);
-  }
-}
-
-norm::BatchNormState InstanceNorm2d::state() {
-  norm::BatchNormState s;
-  if (affine_) s.weight = &weight_, s.bias = &bias_;
-  if (track_running_stats_) {
-    s.running_mean = &running_mean_;
-    s.running_var = &running_var_;
-    s.num_batches_tracked = &num_batches_tracked_;
-  }
-  return s;
-}
-
-void InstanceNorm2d::collect_parameters(std::vector<ParamRef>& out) {
-  if (!affine_) return;
-  out.push_back({"weight", &weight_, &grad_weight_});
-  out.push_back({"bias", &bias_, &grad_bias_});
-}
-
-void InstanceNorm2d::collect_buffers(std::vector<BufferRef>& out) {
-  if (!track_running_stats_) return;
-  out.push_back({"running_mean", &running_mean_, nullptr});
-  out.push_back({"running_var", &running_var_, nullptr});
-  out.push_back({"num_batches_tracked", nullptr, &num_batches_tracked_});
-}
+    : NormBase("InstanceNorm2d", num_features, {eps, momentum}, affine, track_running_stats,
+               norm::instance_norm_backward) {}
 
 Tensor InstanceNorm2d::forward(const Tensor& x, bool training) {
   check_input(x, 4, num_features_, kind());
@@ -238,26 +208,6 @@ Tensor InstanceNorm2d::forward(const Tensor& x, bool training) {
   saved_x_ = x;
   have_saved_ = true;
   return y;
-}
-
-Tensor InstanceNorm2d::backward(const Tensor& dy) {
-  detail::require_forward(have_saved_, kind());
-  detail::require_grad_shape(dy, saved_x_.shape(), kind());
-  Tensor dx;
-  if (saved_x_.numel() == 0) {
-    dx = Tensor::empty(saved_x_.shape(), saved_x_.format());
-  } else {
-    norm::NormGrads grads =
-        norm::instance_norm_backward(grad_like(dy, saved_x_), saved_x_, state(), saved_);
-    if (affine_) {
-      accumulate(grad_weight_, grads.dweight);
-      accumulate(grad_bias_, grads.dbias);
-    }
-    dx = std::move(grads.dx);
-  }
-  saved_x_ = Tensor();
-  have_saved_ = false;
-  return dx;
 }
 
 // ---------------------------------------------------------------------------------------------
