@@ -22,26 +22,11 @@ if ! [[ "${threads}" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "${repo_root}"
-build_dir="${BUILD_DIR:-build}"
-python="${PYTHON:-/usr/bin/python3}"
-
-if [[ ! -f "${build_dir}/CMakeCache.txt" ]]; then
-  echo "== configuring ${build_dir}" >&2
-  cmake -S . -B "${build_dir}" >&2
-fi
-echo "== building bn_bench in ${build_dir}" >&2
-cmake --build "${build_dir}" --target bn_bench --parallel >&2
-
-if ! "${python}" -c 'import torch' 2>/dev/null; then
-  echo "error: ${python} cannot import torch (install python3-torch, or set PYTHON)" >&2
-  exit 1
-fi
-
-work_dir="$(mktemp -d)"
-trap 'rm -rf "${work_dir}"' EXIT
-
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+build_target bn_bench
+require_torch
+make_work_dir
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "== bn_bench, OMP_NUM_THREADS=${threads}" >&2

@@ -36,30 +36,18 @@ if ! [[ "${rounds}" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "${repo_root}"
-build_dir="${BUILD_DIR:-build}"
-python="${PYTHON:-/usr/bin/python3}"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 baseline="${BASELINE_BIN:-}"
 export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456}"
 
-if [[ ! -f "${build_dir}/CMakeCache.txt" ]]; then
-  echo "== configuring ${build_dir}" >&2
-  cmake -S . -B "${build_dir}" -DCMAKE_BUILD_TYPE=Release >&2
-fi
-echo "== building conv_bench in ${build_dir}" >&2
-cmake --build "${build_dir}" --target conv_bench --parallel >&2
+build_target conv_bench
 if [[ -n "${baseline}" && ! -x "${baseline}" ]]; then
   echo "error: BASELINE_BIN '${baseline}' is not an executable file" >&2
   exit 1
 fi
-if ! "${python}" -c 'import torch' 2>/dev/null; then
-  echo "error: ${python} cannot import torch (install python3-torch, or set PYTHON)" >&2
-  exit 1
-fi
-
-work_dir="$(mktemp -d)"
-trap 'rm -rf "${work_dir}"' EXIT
+require_torch
+make_work_dir
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 run_bench() {  # binary, output json

@@ -27,10 +27,8 @@
 # build, up to 4 when other jobs share the CPUs.
 set -euo pipefail
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "${repo_root}"
-build_dir="${BUILD_DIR:-build}"
-python="${PYTHON:-/usr/bin/python3}"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 reps="${REPS:-3}"
 if ! [[ "${reps}" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: REPS must be a positive integer, got '${reps}'" >&2
@@ -49,21 +47,10 @@ if ! [[ "${model}" =~ ^[a-z0-9_]+$ ]]; then
   exit 2
 fi
 
-if [[ ! -f "${build_dir}/CMakeCache.txt" ]]; then
-  echo "== configuring ${build_dir}" >&2
-  cmake -S . -B "${build_dir}" -DCMAKE_BUILD_TYPE=Release >&2
-fi
-echo "== building syncbn in ${build_dir}" >&2
-cmake --build "${build_dir}" --target syncbn --parallel >&2
+build_target syncbn
 syncbn="${build_dir}/src/cli/syncbn"
-
-if ! "${python}" -c 'import torch' 2>/dev/null; then
-  echo "error: ${python} cannot import torch (install python3-torch, or set PYTHON)" >&2
-  exit 1
-fi
-
-work_dir="$(mktemp -d)"
-trap 'rm -rf "${work_dir}"' EXIT
+require_torch
+make_work_dir
 
 "${syncbn}" model --config "${config}" --set "model.preset=${model}" --torch \
   >"${work_dir}/model.txt"
