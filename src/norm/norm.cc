@@ -68,30 +68,12 @@ void check_running(const BatchNormState& state, int64_t channels, const char* op
 // that are loops here and kernels on CUDA.
 struct HostStages {
   using Count = int64_t;
-  template <class... A>
-  void stats(A... a) const {
-    bn_stats(a...);
-  }
-  template <class... A>
-  void gather_stats(A... a) const {
-    bn_gather_stats(a...);
-  }
-  template <class... A>
-  void update_running(A... a) const {
-    bn_update_running(a...);
-  }
-  template <class... A>
-  void elemt(A... a) const {
-    bn_elemt(a...);
-  }
-  template <class... A>
-  void backward_reduce(A... a) const {
-    bn_backward_reduce(a...);
-  }
-  template <class... A>
-  void backward_elemt(A... a) const {
-    bn_backward_elemt(a...);
-  }
+  static constexpr auto stats = bn_stats;
+  static constexpr auto gather_stats = bn_gather_stats;
+  static constexpr auto update_running = bn_update_running;
+  static constexpr auto elemt = bn_elemt;
+  static constexpr auto backward_reduce = bn_backward_reduce;
+  static constexpr auto backward_elemt = bn_backward_elemt;
   template <typename T>  // double: batch statistics; float: running statistics
   void save_stats(int64_t C, const T* mean, const T* var, double eps, float* saved_mean,
                   float* saved_invstd) const {
