@@ -25,6 +25,17 @@ const char* to_string(Format format) {
   return "";
 }
 
+const char* display_name(Format format) {
+  switch (format) {
+    case Format::kFashionMnist:
+      return "Fashion-MNIST";
+    case Format::kCifar10:
+      return "CIFAR-10";
+  }
+  SYNCBN_CHECK(false);
+  return "";
+}
+
 Format parse_format(const std::string& name) {
   if (name == "fashion_mnist") return Format::kFashionMnist;
   if (name == "cifar10") return Format::kCifar10;

@@ -32,6 +32,8 @@ enum class Format { kFashionMnist, kCifar10 };
 const char* to_string(Format format);
 // Throws syncbn::Error naming the value and the allowed ones.
 Format parse_format(const std::string& name);
+// How the dataset is written in prose and plot titles: "Fashion-MNIST", "CIFAR-10".
+const char* display_name(Format format);
 
 struct Dataset {
   DatasetInfo info;

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/unique_fd.h"
+#include "data/dataset.h"
 #include "study/study.h"
 #include "study/text.h"
 
@@ -147,7 +148,8 @@ std::string describe_lr(const StudyConfig& study) {
 std::string describe_study(const StudyConfig& study) {
   const train::Config& b = study.base;
   std::ostringstream about;
-  about << "Fashion-MNIST, " << b.model.preset << ", world size " << study.world_size << ", ";
+  about << data::display_name(data::parse_format(b.data.format)) << ", " << b.model.preset
+        << ", world size " << study.world_size << ", ";
   if (b.train.epochs > 0) {
     about << b.train.epochs << " epoch" << (b.train.epochs == 1 ? "" : "s");
   } else {
@@ -167,9 +169,11 @@ void write_outputs(const StudyConfig& study, const std::vector<RunResult>& resul
   if (results.empty()) return;
   write_atomically((dir / "results.md").string(),
                    "# Batch-size study\n\n" + results_markdown(results, describe_study(study)));
-  const std::string svg = error_plot_svg(error_series(results),
-                                         "Fashion-MNIST test error vs per-rank batch (world size " +
-                                             std::to_string(study.world_size) + ")");
+  const train::Config& b = study.base;
+  const std::string svg = error_plot_svg(
+      error_series(results),
+      std::string(data::display_name(data::parse_format(b.data.format))) + ", " + b.model.preset +
+          ": test error vs per-rank batch (world size " + std::to_string(study.world_size) + ")");
   write_atomically((dir / "error_vs_batch.svg").string(), svg);
   render_svg_to_png(svg, (dir / "error_vs_batch.png").string());
 }

@@ -103,6 +103,8 @@ def check_csv(out):
 def check_markdown(out, rows):
     with open(os.path.join(out, "results.md")) as f:
         md = f.read()
+    if "Fashion-MNIST, small_cnn, world size 2," not in md:
+        fail(f"results.md does not name the dataset, model and world size:\n{md[:400]}")
     lines = [l for l in md.splitlines() if l.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     if header != ["per-rank batch", "global batch", "bn", "syncbn"]:
@@ -137,7 +139,9 @@ def check_svg(out):
         if len(p.get("points").split()) != 2:
             fail(f"SVG series {p.get('data-label')} has points {p.get('points')}")
     texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
-    for needed in ("per-rank batch size (log2 scale)", "test error (%)", "2", "4", "8", "bn",
+    # The title names the base config's dataset and model (ci_tiny: Fashion-MNIST, small_cnn).
+    for needed in ("Fashion-MNIST, small_cnn: test error vs per-rank batch (world size 2)",
+                   "per-rank batch size (log2 scale)", "test error (%)", "2", "4", "8", "bn",
                    "syncbn"):
         if needed not in texts:
             fail(f"SVG lacks the text '{needed}' (axis label, tick or legend): {texts}")
