@@ -12,11 +12,9 @@
 # syncbn process it started; the table shows the largest rank. Torch: the largest rank's
 # ru_maxrss, reported by torch_ddp_train.py (it includes the imported torch library).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "${repo_root}"
-build_dir="${BUILD_DIR:-build}"
-python="${PYTHON:-/usr/bin/python3}"
 read -r -a models <<<"${MODELS:-resnet20 resnet50}"
 batch="${BATCH:-8}"
 steps="${STEPS:-20}"
@@ -29,12 +27,10 @@ done
 world_size=2
 config=configs/fashion_mnist.yaml
 
-echo "== building syncbn in ${build_dir}" >&2
-cmake --build "${build_dir}" --target syncbn --parallel >&2
+build_target syncbn
 syncbn="${build_dir}/src/cli/syncbn"
-
-work_dir="$(mktemp -d)"
-trap 'rm -rf "${work_dir}"' EXIT
+require_torch
+make_work_dir
 
 mpi_flags=(--bind-to none --mca mpi_yield_when_idle 1)
 ((world_size > $(nproc))) && mpi_flags+=(--oversubscribe)
