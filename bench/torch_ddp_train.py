@@ -232,6 +232,9 @@ def worker(rank, args, program):
               f"syncbn_allreduce_frac={allreduce_seconds / seconds:.4f} params={params} "
               f"peak_rss_mib={peak_rss.item() / 1024:.0f}",
               flush=True)
+    # Both ranks tear the group down together: a rank destroying it while the other still
+    # holds it once left rank 0 spinning in gloo's teardown forever.
+    dist.barrier()
     dist.destroy_process_group()
 
 
