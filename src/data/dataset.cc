@@ -14,31 +14,35 @@ Split parse_split(const std::string& name) {
   throw Error(str_cat("unknown dataset split '", name, "'; expected 'train' or 'test'"));
 }
 
-const char* to_string(Format format) {
-  switch (format) {
-    case Format::kFashionMnist:
-      return "fashion_mnist";
-    case Format::kCifar10:
-      return "cifar10";
+namespace {
+
+// Each format's config value and its name in prose.
+struct FormatNames {
+  Format format;
+  const char* value;
+  const char* display;
+};
+constexpr FormatNames kFormats[] = {{Format::kFashionMnist, "fashion_mnist", "Fashion-MNIST"},
+                                    {Format::kCifar10, "cifar10", "CIFAR-10"}};
+
+const FormatNames& names(Format format) {
+  for (const FormatNames& f : kFormats) {
+    if (f.format == format) return f;
   }
   SYNCBN_CHECK(false);
-  return "";
+  return kFormats[0];
 }
 
-const char* display_name(Format format) {
-  switch (format) {
-    case Format::kFashionMnist:
-      return "Fashion-MNIST";
-    case Format::kCifar10:
-      return "CIFAR-10";
-  }
-  SYNCBN_CHECK(false);
-  return "";
-}
+}  // namespace
+
+const char* to_string(Format format) { return names(format).value; }
+
+const char* display_name(Format format) { return names(format).display; }
 
 Format parse_format(const std::string& name) {
-  if (name == "fashion_mnist") return Format::kFashionMnist;
-  if (name == "cifar10") return Format::kCifar10;
+  for (const FormatNames& f : kFormats) {
+    if (name == f.value) return f.format;
+  }
   throw Error(str_cat("unknown dataset format '", name, "'; expected fashion_mnist or cifar10"));
 }
 
