@@ -7,7 +7,8 @@
 #   MODELS="small_cnn resnet18" BATCH=4 bench/memory.sh
 #
 # Environment: MODELS (model.preset names), BATCH (per-rank batch, default 8), STEPS (training
-# steps, default 20), BUILD_DIR (default build), PYTHON (default /usr/bin/python3).
+# steps, default 20), TEST_LIMIT (test images ours evaluates at the end, default 100; 0 = all
+# 10000), BUILD_DIR (default build), PYTHON (default /usr/bin/python3).
 # Ours: each rank runs under a small Python wrapper that prints the peak RSS (ru_maxrss) of the
 # syncbn process it started; the table shows the largest rank. Torch: the largest rank's
 # ru_maxrss, reported by torch_ddp_train.py (it includes the imported torch library).
@@ -18,6 +19,11 @@ set -euo pipefail
 read -r -a models <<<"${MODELS:-resnet20 resnet50}"
 batch="${BATCH:-8}"
 steps="${STEPS:-20}"
+test_limit="${TEST_LIMIT:-100}"
+if ! [[ "${test_limit}" =~ ^[0-9]+$ ]]; then
+  echo "error: TEST_LIMIT must be a whole number, got '${test_limit}'" >&2
+  exit 2
+fi
 for value in "${batch}" "${steps}"; do
   if ! [[ "${value}" =~ ^[1-9][0-9]*$ ]]; then
     echo "error: BATCH and STEPS must be positive integers, got '${value}'" >&2
@@ -56,7 +62,7 @@ for model in "${models[@]}"; do
   PEAK_RSS_DIR="${work_dir}/${model}.rss" mpirun -np "${world_size}" "${mpi_flags[@]}" \
     -x PEAK_RSS_DIR "${python}" -c "${wrapper}" "${syncbn}" train --config "${config}" \
     --set "model.preset=${model}" --set "train.per_rank_batch=${batch}" \
-    --set "train.steps=${steps}" --set train.warmup_steps=0 --set data.test_limit=100 \
+    --set "train.steps=${steps}" --set train.warmup_steps=0 --set "data.test_limit=${test_limit}" \
     --set train.threads=1 --no-progress >&2
   ours_kib=$(sort -n "${work_dir}/${model}.rss"/* | tail -1)
   echo "== ${model}: torch" >&2
